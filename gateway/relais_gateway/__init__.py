@@ -1,0 +1,1 @@
+"""Relais gateway: one OpenAI- and Ollama-compatible endpoint for every model."""

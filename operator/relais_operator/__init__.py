@@ -1,0 +1,1 @@
+"""Relais operator: turns LLMDeployment resources into model-serving workloads."""
