@@ -1,0 +1,309 @@
+"""What the gateway adds to latency: direct calls vs calls through it, interleaved in one run.
+
+A fake TGI engine (a subprocess) answers in 50 ms; the real `relais-gateway` CLI (a subprocess,
+static config, auth disabled, log level warning) sits in front of it. For concurrency 1, 32 and
+128, streaming and not, rounds alternate direct / gateway (ABBA) so machine noise hits both.
+Prints p50/p99 and RPS ratios, errors, the time to first token the gateway adds, and whether
+streamed chunks are forwarded unbuffered (inter-chunk gaps through the gateway match direct).
+Targets print PASS/FAIL; nothing asserts. `--quick` is a smoke run of a few seconds.
+
+    python benchmarks/gateway_overhead.py [--quick] [--rounds N] [--round-seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from tests.fakes.process import FakeEngine
+from tests.fakes.servers import gateway
+
+ENGINE_DELAY_MS = 50
+CONCURRENCIES = (1, 32, 128)
+PACE_TOKENS, PACE_GAP_MS = 6, 25
+
+
+@dataclass
+class Sample:
+    """What one target (direct or gateway) measured for one case, over all its rounds."""
+
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    seconds: float = 0.0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float, values: list[float] | None = None) -> float:
+        data = sorted(self.latencies if values is None else values)
+        if not data:
+            return float("nan")
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+
+@dataclass(frozen=True)
+class Case:
+    concurrency: int
+    stream: bool
+
+    @property
+    def name(self) -> str:
+        return f"c={self.concurrency:<3} {'stream' if self.stream else 'plain '}"
+
+
+def request_body(model: str, stream: bool) -> bytes:
+    messages = [{"role": "user", "content": "ping"}]
+    return json.dumps(
+        {"model": model, "messages": messages, "max_tokens": 16, "stream": stream}
+    ).encode()
+
+
+Results = dict[Case, dict[str, Sample]]  # per case: "direct" and "gateway"
+Gaps = dict[str, list[float]]  # per target: inter-chunk gaps (s) of paced streams
+
+
+def first_content(line: bytes) -> bool:
+    """Whether an SSE line carries generated text (a role-only first chunk does not count)."""
+    if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+        return False
+    chunk = json.loads(line[5:])
+    return any(c.get("delta", {}).get("content") for c in chunk.get("choices", []))
+
+
+async def one_request(
+    session: aiohttp.ClientSession, url: str, body: bytes, stream: bool, sample: Sample
+) -> list[float]:
+    """Send one chat request; record latency (and TTFT); return content-chunk arrival times."""
+    start = time.perf_counter()
+    arrivals: list[float] = []
+    try:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            if r.status != 200:
+                sample.errors[f"HTTP {r.status}: {(await r.read())[:120]!r}"] += 1
+                return arrivals
+            if stream:
+                async for line in r.content:
+                    if first_content(line):
+                        arrivals.append(time.perf_counter())
+            else:
+                await r.read()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        sample.errors[f"{type(exc).__name__}: {exc}"[:160]] += 1
+        return arrivals
+    sample.latencies.append(time.perf_counter() - start)
+    if stream and arrivals:
+        sample.ttfts.append(arrivals[0] - start)
+    return arrivals
+
+
+async def run_round(
+    session: aiohttp.ClientSession, url: str, case: Case, seconds: float, sample: Sample
+) -> None:
+    """Closed loop: `concurrency` workers send back-to-back requests for `seconds`."""
+    body = request_body("bench", case.stream)
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            await one_request(session, url, body, case.stream, sample)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(case.concurrency)))
+    sample.seconds += time.perf_counter() - start
+
+
+def session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
+
+
+async def measure(
+    targets: dict[str, str], cases: list[Case], rounds: int, seconds: float
+) -> Results:
+    """Every case, rounds alternating the targets' order (ABBA), after a warm-up."""
+    results: Results = {}
+    async with session() as direct_session, session() as gateway_session:
+        sessions = {"direct": direct_session, "gateway": gateway_session}
+        for name, url in targets.items():  # warm both pools and the gateway's upstream pool
+            await run_round(sessions[name], url, Case(32, False), 0.3, Sample())
+        for case in cases:
+            samples = {name: Sample() for name in targets}
+            for index in range(rounds):
+                order = list(targets) if index % 2 == 0 else list(reversed(targets))
+                for name in order:
+                    await run_round(sessions[name], targets[name], case, seconds, samples[name])
+            results[case] = samples
+            print(f"  measured {case.name}", file=sys.stderr, flush=True)
+    return results
+
+
+async def pacing(targets: dict[str, str], repeats: int) -> Gaps:
+    """Inter-chunk gaps (s) with a fake that paces tokens: buffering would collapse them."""
+    gaps: Gaps = {name: [] for name in targets}
+    body = request_body("pace", True)
+    async with session() as http:
+        for index in range(repeats):
+            order = list(targets) if index % 2 == 0 else list(reversed(targets))
+            for name in order:
+                arrivals = await one_request(http, targets[name], body, True, Sample())
+                gaps[name] += [b - a for a, b in itertools.pairwise(arrivals)]
+    return gaps
+
+
+# ---------------------------------------------------------------- report
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def table(results: Results) -> Iterator[str]:
+    head = f"{'case':<11}|{'direct p50/p99 ms':>18} {'rps':>6} {'err':>4} |"
+    head += (
+        f"{'gateway p50/p99 ms':>19} {'rps':>6} {'err':>4} | {'p50 x':>6} {'p99 x':>6} {'rps x':>6}"
+    )
+    yield head
+    yield "-" * len(head)
+    for case, s in results.items():
+        d, g = s["direct"], s["gateway"]
+        yield (
+            f"{case.name:<11}|{d.pct(0.5) * 1e3:>9.1f}/{d.pct(0.99) * 1e3:<8.1f} {d.rps:>6.0f}"
+            f" {d.error_count:>4} |{g.pct(0.5) * 1e3:>10.1f}/{g.pct(0.99) * 1e3:<8.1f}"
+            f" {g.rps:>6.0f} {g.error_count:>4} | {ratio(g.pct(0.5), d.pct(0.5)):>6.3f}"
+            f" {ratio(g.pct(0.99), d.pct(0.99)):>6.3f} {ratio(g.rps, d.rps):>6.3f}"
+        )
+
+
+def error_lines(results: Results) -> Iterator[str]:
+    """The errors seen, by case and target, most frequent first."""
+    for case, samples in results.items():
+        for name, sample in samples.items():
+            for kind, count in sample.errors.most_common(3):
+                yield f"  errors {case.name.strip()} {name}: {count} x {kind}"
+
+
+def added_ttft_ms(samples: dict[str, Sample]) -> float:
+    d, g = samples["direct"], samples["gateway"]
+    return (g.pct(0.5, g.ttfts) - d.pct(0.5, d.ttfts)) * 1e3
+
+
+def targets_report(results: Results, gaps: Gaps) -> Iterator[tuple[str, bool]]:
+    """(target with the measured figure, met?) for each target of issue 3 that was measured."""
+
+    def ratio_at(case: Case, q: float) -> float:
+        s = results[case]
+        return ratio(s["gateway"].pct(q), s["direct"].pct(q))
+
+    plain32, plain128, stream1, stream32 = (
+        Case(32, False),
+        Case(128, False),
+        Case(1, True),
+        Case(32, True),
+    )
+    stream128 = Case(128, True)
+    if plain32 in results:
+        yield from _check("c=32  p50 <= 1.05x direct", ratio_at(plain32, 0.5), 1.05)
+        yield from _check("c=32  p99 <= 1.3x direct", ratio_at(plain32, 0.99), 1.3)
+        rps = ratio(results[plain32]["gateway"].rps, results[plain32]["direct"].rps)
+        yield f"{'c=32  RPS >= 0.9x direct':<34} measured {rps:.3f}", rps >= 0.9
+    if plain128 in results:
+        yield from _check("c=128 p50 <= 1.2x direct", ratio_at(plain128, 0.5), 1.2)
+    for case in (plain128, stream128):
+        if case in results:
+            errors = results[case]["gateway"].error_count
+            yield from _check(f"{case.name.strip()} 0 errors", errors, 0)
+    for case, limit in ((stream1, 3.0), (stream32, 5.0)):
+        if case in results:
+            label = f"stream c={case.concurrency} added TTFT <= {limit:g} ms"
+            yield from _check(label, added_ttft_ms(results[case]), limit)
+    if gaps["direct"] and gaps["gateway"]:
+        d, g = statistics.median(gaps["direct"]), statistics.median(gaps["gateway"])
+        label = f"{'stream chunks unbuffered':<34} median gap {g * 1e3:.1f} ms via gateway"
+        yield f"{label} vs {d * 1e3:.1f} ms direct (paced {PACE_GAP_MS} ms)", abs(g - d) <= 0.3 * d
+
+
+def _check(label: str, value: float, limit: float) -> Iterator[tuple[str, bool]]:
+    yield f"{label:<34} measured {value:.3f}", value <= limit
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smoke run: short rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per target and case")
+    parser.add_argument("--round-seconds", type=float, default=1.5)
+    return parser.parse_args(argv)
+
+
+def deployment(name: str, url: str) -> dict[str, Any]:
+    return {"name": name, "engine": "tgi", "servedModelName": name, "endpoints": [url]}
+
+
+def run(rounds: int, seconds: float, repeats: int) -> tuple[Results, Gaps]:
+    """Start the fakes and the gateway, measure, stop everything."""
+    cases = [Case(c, s) for s in (False, True) for c in CONCURRENCIES]
+    load: dict[str, Any] = {"delay_ms": ENGINE_DELAY_MS, "first_token_delay_ms": ENGINE_DELAY_MS}
+    pace: dict[str, Any] = {"first_token_delay_ms": PACE_GAP_MS, "token_delay_ms": PACE_GAP_MS}
+    path = "/v1/chat/completions"
+    with FakeEngine("tgi", **load) as fake, FakeEngine("tgi", tokens=PACE_TOKENS, **pace) as paced:
+        config = {
+            "deployments": [deployment("bench", fake.url), deployment("pace", paced.url)],
+            "auth": {"disabled": True},
+        }
+        with gateway(config, log_level="warning") as gw:
+            print(f"fake TGI {fake.url} ({ENGINE_DELAY_MS} ms), gateway {gw}", file=sys.stderr)
+            direct = {"direct": fake.url + path, "gateway": gw + path}
+            results = asyncio.run(measure(direct, cases, rounds, seconds))
+            paced_targets = {"direct": paced.url + path, "gateway": gw + path}
+            gaps = asyncio.run(pacing(paced_targets, repeats))
+    return results, gaps
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rounds, seconds, repeats = (2, 0.3, 2) if args.quick else (args.rounds, args.round_seconds, 8)
+    started = time.perf_counter()
+    results, gaps = run(rounds, seconds, repeats)
+    print(
+        f"\ngateway overhead: {os.cpu_count()} CPUs, Python {platform.python_version()}, fake TGI"
+        f" answering in {ENGINE_DELAY_MS} ms; {rounds} interleaved rounds x {seconds:g} s"
+        f" per target and case ({time.perf_counter() - started:.0f} s in all)\n"
+    )
+    for line in table(results):
+        print(line)
+    ttft = [f"c={c.concurrency} +{added_ttft_ms(s):.2f} ms" for c, s in results.items() if c.stream]
+    print("\nstreaming: time to first token the gateway adds (p50): " + ", ".join(ttft))
+    for line in error_lines(results):
+        print(line)
+    print("\ntargets (issue 3):")
+    for label, ok in targets_report(results, gaps):
+        print(f"  {'PASS' if ok else 'FAIL'}  {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""The FastAPI application: lifespan (upstream pool, backend source), routes and error handlers.
+
+`create_app(settings, source=None, auth=None)` builds the app; without a `source`/`auth` they
+come from the settings (a static `--config` file, or the Kubernetes watch plus `--auth-file`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from relais_gateway.auth import Authenticator
+from relais_gateway.balancer import Balancer
+from relais_gateway.config import AuthConfig, load_auth_file, load_static_config
+from relais_gateway.deps import GatewayDep
+from relais_gateway.dialects import ollama, openai
+from relais_gateway.edge import EdgeMiddleware
+from relais_gateway.errors import GatewayError, from_validation, render_error
+from relais_gateway.metrics import Metrics
+from relais_gateway.registry import BackendSource, StaticSource
+from relais_gateway.router import Router
+from relais_gateway.service import Gateway
+from relais_gateway.settings import Settings
+
+log = logging.getLogger("relais_gateway")
+
+
+def sources_from_settings(settings: Settings) -> tuple[BackendSource, AuthConfig]:
+    """The backend source and auth config the settings name (raises on a bad file)."""
+    if settings.source == "kubernetes":
+        from relais_gateway.kubernetes import KubernetesSource
+
+        if settings.auth_file is None:
+            raise ValueError("--source kubernetes needs --auth-file")
+        return KubernetesSource(settings.namespaces), load_auth_file(settings.auth_file)
+    if settings.config is None:
+        raise ValueError("the static source needs --config FILE")
+    config = load_static_config(settings.config)
+    return StaticSource(config.deployments), config.auth
+
+
+def upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one pooled upstream client: many keep-alive connections, explicit connect timeouts."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.upstream_pool_limit, limit_per_host=0, keepalive_timeout=30
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=["Accept-Encoding"],
+    )
+
+
+def create_app(
+    settings: Settings, source: BackendSource | None = None, auth: AuthConfig | None = None
+) -> FastAPI:
+    """The gateway app. Files named by `settings` are read here, so errors surface at startup."""
+    if source is None or auth is None:
+        default_source, default_auth = sources_from_settings(settings)
+        source = source or default_source
+        auth = auth or default_auth
+    balancer = Balancer(settings.eject_cooldown_s)
+    metrics = Metrics(balancer)
+    authenticator = Authenticator(auth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with upstream_session(settings) as session:
+            router = Router(session, settings, balancer, metrics)
+            gateway = Gateway(settings, source, authenticator, balancer, metrics, router)
+            app.state.gateway = gateway
+            await source.start()
+            try:
+                yield
+            finally:
+                gateway.draining = True
+                await _drain(balancer, settings.shutdown_grace_s)
+                await source.stop()
+
+    app = FastAPI(
+        title="Relais gateway",
+        summary="One OpenAI- and Ollama-compatible endpoint for every model",
+        version=ollama._relais_version(),
+        lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks cost a provider lookup per request; we export Prometheus.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    app.state.settings = settings
+    app.include_router(openai.router)
+    app.include_router(ollama.router)
+    _document_request_bodies(app, openai.REQUEST_MODELS + ollama.REQUEST_MODELS)
+    _add_operational_routes(app, metrics)
+    _add_error_handlers(app)
+    fast_routes = {
+        "/v1/chat/completions": openai.chat_completions,
+        "/v1/completions": openai.completions,
+        "/api/chat": ollama.chat,
+        "/api/generate": ollama.generate,
+    }
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        fast_routes=fast_routes,
+    )
+    return app
+
+
+async def _drain(balancer: Balancer, grace_s: float) -> None:
+    """Wait (bounded) for in-flight generations to finish before closing the upstream pool."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    # Polling: a counter read every 50 ms costs nothing on the hot path, unlike an Event per end.
+    while balancer.total_inflight > 0 and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+def _add_operational_routes(app: FastAPI, metrics: Metrics) -> None:
+    @app.get("/healthz", tags=["Operations"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["Operations"], summary="Readiness: backends known, not draining")
+    async def readyz(gateway: GatewayDep) -> Response:
+        ready = gateway.source.ready and not gateway.draining
+        body = b'{"status":"ready"}' if ready else b'{"status":"not ready"}'
+        return Response(body, 200 if ready else 503, media_type="application/json")
+
+    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _document_request_bodies(app: FastAPI, models: tuple[type[BaseModel], ...]) -> None:
+    """Add the generation routes' body models to the OpenAPI components they reference."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def render(request: Request, exc: GatewayError) -> Response:
+        status, headers, body = render_error(exc, request.url.path)
+        return Response(body, status, headers=headers, media_type="application/json")
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return render(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return render(request, from_validation(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        error = GatewayError(str(exc.detail), headers=dict(exc.headers or {}))
+        error.status = exc.status_code
+        error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return render(request, error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error", extra={"path": request.url.path})
+        return render(request, GatewayError("internal gateway error"))

@@ -1,0 +1,100 @@
+"""API keys: who may call, which models each key may use, and each key's request rate.
+
+Keys are looked up by their SHA-256 digest, so the raw secrets are not kept in the lookup table
+and lookups take constant time. Keys and prompts are never logged; the key's `name` is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from relais_gateway.config import ApiKey, AuthConfig
+from relais_gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """`rate_per_min` requests per minute, bursting up to the same number."""
+
+    rate_per_min: int
+    clock: Callable[[], float] = time.monotonic
+    tokens: float = field(init=False)
+    stamp: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.rate_per_min)
+        self.stamp = self.clock()
+
+    def take(self) -> float:
+        """Take one token: 0.0 when granted, else the seconds until one is available."""
+        now = self.clock()
+        per_s = self.rate_per_min / 60.0
+        self.tokens = min(float(self.rate_per_min), self.tokens + (now - self.stamp) * per_s)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / per_s
+
+
+@dataclass(slots=True)
+class Caller:
+    """An authenticated key's policy."""
+
+    name: str
+    models: frozenset[str] | None
+    bucket: TokenBucket | None
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+ANONYMOUS = Caller(name="anonymous", models=None, bucket=None)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class Authenticator:
+    """Checks bearer keys against the auth config; a disabled config lets everyone in."""
+
+    def __init__(self, config: AuthConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.disabled = config.disabled
+        self._callers = {
+            _digest(k.key.get_secret_value()): self._caller(k, clock) for k in config.keys
+        }
+
+    @staticmethod
+    def _caller(key: ApiKey, clock: Callable[[], float]) -> Caller:
+        bucket = TokenBucket(key.requestsPerMinute, clock) if key.requestsPerMinute else None
+        models = frozenset(key.models) if key.models is not None else None
+        return Caller(name=key.name, models=models, bucket=bucket)
+
+    def authenticate(self, key: str | None, *, malformed: bool = False) -> Caller:
+        """The caller for a bearer `key` (401 when missing, malformed or unknown)."""
+        if self.disabled:
+            return ANONYMOUS
+        if malformed:
+            raise AuthenticationFailed("malformed Authorization header: expected `Bearer <key>`")
+        if not key:
+            raise AuthenticationFailed("missing API key: send `Authorization: Bearer <key>`")
+        caller = self._callers.get(_digest(key.strip()))
+        if caller is None:
+            raise AuthenticationFailed("invalid API key")
+        return caller
+
+    @staticmethod
+    def authorize(caller: Caller, model: str) -> None:
+        """403 when the key may not use `model`; 429 + Retry-After when over its rate."""
+        if not caller.allows(model):
+            raise PermissionDenied(f"this API key may not use model {model!r}", param="model")
+        if caller.bucket is not None and (wait := caller.bucket.take()) > 0:
+            raise RateLimited(
+                f"rate limit of {caller.bucket.rate_per_min} requests per minute exceeded",
+                retry_after_s=math.ceil(wait),
+            )

@@ -1,0 +1,96 @@
+"""The static backend file (`relais-gateway --config FILE`) and its auth section, as models.
+
+Field names follow the LLMDeployment spec (camelCase), so one file reads like the cluster objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RequestLimits(_Strict):
+    """Per-deployment limits the gateway enforces before a request reaches an engine."""
+
+    maxTokens: int | None = Field(default=None, gt=0)
+    maxConcurrentRequests: int | None = Field(default=None, gt=0)
+
+
+class StaticDeployment(_Strict):
+    """One model: its engine, its served name and the replicas' base URLs."""
+
+    name: str = Field(min_length=1)
+    engine: str = "ollama"
+    servedModelName: str = Field(min_length=1)
+    endpoints: list[str] = Field(default_factory=list)
+    requestLimits: RequestLimits = Field(default_factory=RequestLimits)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {url!r} must be an http(s) URL")
+        return [url.rstrip("/") for url in value]
+
+
+class ApiKey(_Strict):
+    """A client key: its name (logged), the secret, allowed served model names, and its rate."""
+
+    name: str = Field(min_length=1)
+    key: SecretStr
+    models: list[str] | None = None
+    """Served model names this key may use; absent means every model."""
+    requestsPerMinute: int | None = Field(default=None, gt=0)
+
+
+class AuthConfig(_Strict):
+    """Either `keys: [...]` or, explicitly, `disabled: true`."""
+
+    keys: list[ApiKey] = Field(default_factory=list)
+    disabled: bool = False
+
+    @model_validator(mode="after")
+    def _keys_or_disabled(self) -> Self:
+        if self.disabled and self.keys:
+            raise ValueError("auth: give either `keys` or `disabled: true`, not both")
+        if not self.disabled and not self.keys:
+            raise ValueError("auth: no keys given; set `disabled: true` to run without auth")
+        names = [k.name for k in self.keys]
+        if len(names) != len(set(names)):
+            raise ValueError("auth: key names must be unique")
+        return self
+
+
+class StaticConfig(_Strict):
+    """The whole `--config` file."""
+
+    deployments: list[StaticDeployment] = Field(default_factory=list)
+    auth: AuthConfig
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> Self:
+        served = [d.servedModelName for d in self.deployments]
+        if len(served) != len(set(served)):
+            raise ValueError("deployments: servedModelName must be unique")
+        return self
+
+
+def load_static_config(path: Path) -> StaticConfig:
+    """Read and validate a `--config` file (raises pydantic.ValidationError or OSError)."""
+    return StaticConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+
+
+def load_auth_file(path: Path) -> AuthConfig:
+    """Read an `--auth-file`: the `auth:` section's content (top-level `auth:` key is accepted)."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if isinstance(data, dict) and set(data) == {"auth"}:
+        data = data["auth"]
+    return AuthConfig.model_validate(data)

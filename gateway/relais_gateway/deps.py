@@ -1,0 +1,104 @@
+"""FastAPI dependencies shared by both dialects: settings, the gateway service, the caller.
+
+Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in a worker thread,
+which costs more than the whole gateway hop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
+
+from relais_gateway.auth import Caller
+from relais_gateway.errors import from_validation
+from relais_gateway.service import Gateway
+from relais_gateway.settings import Settings
+
+
+async def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def caller_of(request: Request, gateway: Gateway) -> Caller:
+    """The authenticated caller (401 when auth is on and the key is missing or unknown).
+
+    A plain call, not a dependency: the generation routes skip FastAPI's dependency solving,
+    which costs more per request than the rest of the gateway hop.
+    """
+    header: str | None = request.scope["state"].get("authorization")
+    key: str | None = None
+    malformed = False
+    if header is not None:
+        scheme, _, credentials = header.partition(" ")
+        malformed = scheme.lower() != "bearer" or not credentials.strip()
+        key = credentials.strip()
+    caller = gateway.authenticator.authenticate(key, malformed=malformed)
+    request.scope["state"]["caller"] = caller.name
+    return caller
+
+
+def gateway_of(request: Request) -> Gateway:
+    """The app's gateway service (the hot-path form of `GatewayDep`)."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def get_caller(request: Request, gateway: GatewayDep) -> Caller:
+    return caller_of(request, gateway)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(request: Request, model: type[M]) -> M:
+    """The request body as `model`, validated by pydantic's JSON parser (400 naming the field).
+
+    The edge middleware has already read (and size-checked) the body; routes declare only
+    `request`, so FastAPI's generic body handling stays off the hot path.
+    """
+    raw: bytes = request.scope["state"].get("body", b"")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise from_validation(exc.errors(include_url=False)) from None
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` documenting `model` as the JSON request body (see `app.py`)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def request_id(request: Request) -> str:
+    """The request id the edge middleware accepted or generated."""
+    rid: str = request.scope["state"]["request_id"]
+    return rid
+
+
+def started(request: Request) -> float:
+    """When the edge middleware saw the request (perf_counter seconds)."""
+    value: float = request.scope["state"].get("started", time.perf_counter())
+    return value
+
+
+def note_model(request: Request, gateway: Gateway, model: str) -> None:
+    """Record the model for the request log, and for metrics when it is a known one."""
+    state = request.scope["state"]
+    state["model"] = model
+    state["model_known"] = gateway.source.resolve(model) is not None

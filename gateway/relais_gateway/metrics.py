@@ -1,0 +1,80 @@
+"""Prometheus metrics: requests by model and status, latency, time to first token, tokens, load.
+
+Each app owns its registry (tests run several apps in one process). In-flight gauges are read
+from the balancer's counters at scrape time, so the hot path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from relais_gateway.balancer import Balancer
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _InflightCollector(Collector):
+    def __init__(self, balancer: Balancer) -> None:
+        self._balancer = balancer
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_replica = GaugeMetricFamily(
+            "relais_gateway_inflight_requests",
+            "Requests in flight to each engine replica (endpoint).",
+            labels=["endpoint"],
+        )
+        for endpoint, count in sorted(self._balancer.inflight_by_replica.items()):
+            by_replica.add_metric([endpoint], count)
+        by_model = GaugeMetricFamily(
+            "relais_gateway_model_inflight_requests",
+            "Requests in flight per served model (the autoscaling signal).",
+            labels=["model"],
+        )
+        for model, count in sorted(self._balancer.inflight_by_model.items()):
+            by_model.add_metric([model], count)
+        yield by_replica
+        yield by_model
+
+
+class Metrics:
+    """The gateway's metric families, registered in their own registry."""
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "relais_gateway_requests",
+            "Requests answered, by route, model and HTTP status.",
+            ["route", "model", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "relais_gateway_request_duration_seconds",
+            "Time from request to the end of the answer (streams included).",
+            ["route", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "relais_gateway_time_to_first_token_seconds",
+            "Time from request to the first generated text sent to the client.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "relais_gateway_tokens",
+            "Tokens processed, by model and kind (prompt or completion), as the engine reports.",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.upstream_failures = Counter(
+            "relais_gateway_upstream_failures",
+            "Failed calls to engine replicas, by endpoint (each may eject the endpoint).",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.registry.register(_InflightCollector(balancer))

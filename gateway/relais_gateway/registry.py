@@ -1,0 +1,111 @@
+"""Where backends come from: the `BackendSource` Protocol and the static-file source.
+
+The app only calls `resolve`, `backends` and `ready`; the Kubernetes watch source lives in
+`kubernetes.py` and produces the same `Backend` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from relais_gateway.config import StaticDeployment
+from relais_gateway.engines import ENGINES
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One servable model: its engine, limits and the base URLs of its ready replicas."""
+
+    name: str
+    engine: str
+    model: str
+    """The served model name: what clients put in `model` and what the engine is asked for."""
+    replicas: tuple[str, ...] = ()
+    max_tokens: int | None = None
+    max_concurrent: int | None = None
+    namespace: str | None = None
+
+
+class BackendSource(Protocol):
+    """A live view of the servable models."""
+
+    @property
+    def ready(self) -> bool:
+        """True once the source has its first complete view (used by /readyz)."""
+        ...
+
+    def resolve(self, model: str) -> Backend | None:
+        """The backend serving `model`, or None when no deployment serves that name."""
+        ...
+
+    def backends(self) -> Sequence[Backend]:
+        """Every known backend, sorted by served model name."""
+        ...
+
+    async def start(self) -> None:
+        """Begin tracking (a watch, a file read); called once from the app's lifespan."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop tracking; called once at shutdown."""
+        ...
+
+
+def check_engine(engine: str) -> None:
+    """Raise ValueError for an engine name missing from the engine table."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(sorted(ENGINES))}")
+
+
+class MemorySource:
+    """A source holding backends in memory; the static and Kubernetes sources build on it."""
+
+    def __init__(self, backends: Iterable[Backend] = ()) -> None:
+        self._by_model: dict[str, Backend] = {}
+        self._ready = False
+        self.replace(backends)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def replace(self, backends: Iterable[Backend]) -> None:
+        """Swap the whole view at once (one dict assignment: readers never see a half update)."""
+        by_model: dict[str, Backend] = {}
+        for backend in backends:
+            check_engine(backend.engine)
+            by_model[backend.model] = backend
+        self._by_model = by_model
+
+    def resolve(self, model: str) -> Backend | None:
+        return self._by_model.get(model)
+
+    def backends(self) -> Sequence[Backend]:
+        return sorted(self._by_model.values(), key=lambda b: b.model)
+
+    async def start(self) -> None:
+        self._ready = True
+
+    async def stop(self) -> None:
+        self._ready = False
+
+
+def backend_from_static(deployment: StaticDeployment) -> Backend:
+    """A `Backend` from one entry of the static file."""
+    return Backend(
+        name=deployment.name,
+        engine=deployment.engine,
+        model=deployment.servedModelName,
+        replicas=tuple(deployment.endpoints),
+        max_tokens=deployment.requestLimits.maxTokens,
+        max_concurrent=deployment.requestLimits.maxConcurrentRequests,
+    )
+
+
+class StaticSource(MemorySource):
+    """Backends from the `--config` file's `deployments:`; every listed endpoint counts as ready."""
+
+    def __init__(self, deployments: Iterable[StaticDeployment]) -> None:
+        super().__init__(backend_from_static(d) for d in deployments)

@@ -1,0 +1,39 @@
+"""Gateway settings (pydantic-settings, env prefix RELAIS_GATEWAY_), loaded once by `main`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything tunable about the gateway; CLI flags override the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAIS_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    source: Literal["static", "kubernetes"] = "static"
+    config: Path | None = None
+    """Static source: the YAML file with `deployments:` and `auth:`."""
+    namespaces: list[str] = Field(default_factory=list)
+    """Kubernetes source: namespaces to watch; empty means all."""
+    auth_file: Path | None = None
+    """Kubernetes source: a YAML file holding the `auth:` section's content."""
+    log_level: str = "info"
+    access_log: bool = False
+
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    first_byte_timeout_s: float = Field(default=300.0, gt=0)
+    """Wait for the engine's first byte; for non-streamed requests that is the whole answer."""
+    stream_idle_timeout_s: float = Field(default=60.0, gt=0)
+    upstream_pool_limit: int = Field(default=1000, gt=0)
+    eject_cooldown_s: float = Field(default=10.0, ge=0)
+    retry_after_s: int = Field(default=5, ge=1)
+    """Retry-After sent with 503 when a model has no ready replica."""
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    """How long shutdown waits for in-flight requests and streams to finish."""
