@@ -1,0 +1,155 @@
+"""The engine table: everything engine-specific, in one place, read by the pure builders.
+
+Adding an engine (vLLM is next) means adding one `Engine` here and its name to the CRD enum;
+the builders in `resources.py` never branch on an engine's name.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relais_operator.spec import LLMDeploymentSpec
+
+# Inside the container, /tmp is an emptyDir the builders mount (not the host's temp dir).
+TMP = "/tmp"  # noqa: S108
+OLLAMA_IMAGE = "docker.io/ollama/ollama:0.6.8"
+TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.4"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One serving engine: its image, where it listens and caches, and how it fetches a model."""
+
+    name: str
+    image: str
+    port: int
+    health_path: str
+    cache_path: str
+    # Environment of both the fetch step and the server: points the engine at the cache volume.
+    cache_env: Mapping[str, str]
+    # Environment of the server only (the fetch step needs the network, the server must not).
+    serve_env: Mapping[str, str]
+    command: tuple[str, ...]
+    args: Callable[[LLMDeploymentSpec], list[str]]
+    fetch_command: Callable[[LLMDeploymentSpec], list[str]]
+    # Flags the operator sets itself; a spec whose `args` sets them is rejected as InvalidSpec.
+    managed_flags: frozenset[str] = field(default_factory=frozenset)
+    needs_shm: bool = False
+    # Whether the engine writes only to its volumes (/tmp, the cache), so the root fs can be RO.
+    read_only_root: bool = True
+
+
+# --- Ollama ---------------------------------------------------------------------------------
+
+
+def ollama_manifest_path(model: str) -> str:
+    """Where `ollama pull MODEL` leaves its manifest, relative to OLLAMA_MODELS.
+
+    `qwen2.5:7b-instruct` -> manifests/registry.ollama.ai/library/qwen2.5/7b-instruct;
+    `user/m` -> .../registry.ollama.ai/user/m/latest; `hf.co/org/repo:q4` -> .../hf.co/org/repo/q4.
+    """
+    head, _, last = model.rpartition("/")
+    last, _, tag = last.partition(":")
+    name = f"{head}/{last}" if head else last
+    parts = name.split("/")
+    if len(parts) == 1:
+        parts = ["registry.ollama.ai", "library", *parts]
+    elif len(parts) == 2:
+        parts = ["registry.ollama.ai", *parts]
+    return "/".join(["manifests", *parts, tag or "latest"])
+
+
+def _ollama_fetch(spec: LLMDeploymentSpec) -> list[str]:
+    manifest = shlex.quote(f"{OLLAMA.cache_path}/{ollama_manifest_path(spec.model)}")
+    model = shlex.quote(spec.model)
+    script = f"""set -eu
+if [ -f {manifest} ]; then echo "relais: {model} is already cached"; exit 0; fi
+/bin/ollama serve &
+server=$!
+tries=0
+until /bin/ollama list >/dev/null 2>&1; do
+  tries=$((tries + 1)); [ "$tries" -le 120 ] || {{ echo "relais: ollama did not start"; exit 1; }}
+  sleep 1
+done
+/bin/ollama pull {model}
+kill "$server"; wait "$server" || true
+"""
+    return ["/bin/sh", "-c", script]
+
+
+OLLAMA = Engine(
+    name="ollama",
+    image=OLLAMA_IMAGE,
+    port=11434,
+    health_path="/api/version",
+    cache_path="/models",
+    cache_env={"OLLAMA_MODELS": "/models", "HOME": TMP},
+    serve_env={"OLLAMA_HOST": "0.0.0.0:11434", "OLLAMA_KEEP_ALIVE": "-1"},
+    command=("/bin/ollama",),
+    args=lambda spec: ["serve", *spec.args],
+    fetch_command=_ollama_fetch,
+    managed_flags=frozenset(),
+)
+
+
+# --- Text Generation Inference ----------------------------------------------------------------
+
+# Runs inside the TGI image (python and huggingface_hub ship with it). A snapshot already in the
+# cache is found offline (local_files_only) and nothing is downloaded.
+_HF_FETCH = """
+import os, sys
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+repo, rev = os.environ["RELAIS_MODEL"], os.environ.get("RELAIS_REVISION", "main")
+try:
+    path = snapshot_download(repo, revision=rev, local_files_only=True)
+    print(f"relais: {repo}@{rev} is already cached in {path}")
+    sys.exit(0)
+except LocalEntryNotFoundError:
+    pass
+ignore = ["*.pth", "original/*", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot"]
+path = snapshot_download(repo, revision=rev, ignore_patterns=ignore)
+print(f"relais: downloaded {repo}@{rev} into {path}")
+"""
+
+
+def _tgi_args(spec: LLMDeploymentSpec) -> list[str]:
+    args = ["--model-id", spec.model, "--revision", spec.revision or "main"]
+    args += ["--hostname", "0.0.0.0", "--port", str(TGI.port)]
+    if spec.gpu.count > 1:
+        args += ["--num-shard", str(spec.gpu.count)]
+    if spec.request_limits.max_concurrent_requests is not None:
+        args += ["--max-concurrent-requests", str(spec.request_limits.max_concurrent_requests)]
+    return [*args, *spec.args]
+
+
+def _tgi_fetch(spec: LLMDeploymentSpec) -> list[str]:
+    del spec  # the model and revision come in through the environment (RELAIS_MODEL/REVISION)
+    return ["python", "-c", _HF_FETCH]
+
+
+TGI = Engine(
+    name="tgi",
+    image=TGI_IMAGE,
+    port=8080,
+    health_path="/health",
+    cache_path="/data",
+    cache_env={"HF_HOME": "/data", "HF_HUB_CACHE": "/data/hub", "HOME": TMP},
+    # The server never goes to the network: the weights come from the fetch step's cache.
+    serve_env={"HF_HUB_OFFLINE": "1"},
+    command=("text-generation-launcher",),
+    args=_tgi_args,
+    fetch_command=_tgi_fetch,
+    managed_flags=frozenset(
+        {"--model-id", "--revision", "--hostname", "--port", "--num-shard", "--sharded"}
+    ),
+    needs_shm=True,
+    # torch/triton write caches in unpredictable places; a RO root would break kernels at load.
+    read_only_root=False,
+)
+
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (OLLAMA, TGI)}

@@ -1,0 +1,323 @@
+"""Pure manifest builders: an LLMDeployment (+ settings) in, the children's manifests out.
+
+No I/O here; `kube.apply` sends what these return. The model cache:
+- ReadWriteOnce (default): one PVC per replica through the StatefulSet's volumeClaimTemplates
+  (`models-<name>-<ordinal>`), so every replica owns its disk and scaling past one replica works.
+- ReadWriteMany: one shared PVC `<name>-models`, mounted by every replica.
+Claim names are deterministic, so re-creating a deleted resource finds its retained caches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relais_operator.engines import ENGINES, TMP, Engine
+from relais_operator.settings import OperatorSettings
+from relais_operator.spec import GROUP, KIND, VERSION, LLMDeployment
+
+LABEL = "relais.dev/llmdeployment"
+GPU_RESOURCE = "nvidia.com/gpu"
+GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
+CACHE_VOLUME = "models"
+FETCH_CONTAINER = "fetch-model"
+SERVER_CONTAINER = "model-server"
+
+Manifest = dict[str, Any]
+
+
+def engine_of(llm: LLMDeployment) -> Engine:
+    return ENGINES[llm.spec.engine]
+
+
+def labels(llm: LLMDeployment) -> dict[str, str]:
+    """The labels every child carries (the cross-team contract)."""
+    return {
+        LABEL: llm.name,
+        "app.kubernetes.io/name": llm.spec.engine,
+        "app.kubernetes.io/instance": llm.name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/managed-by": "relais-operator",
+    }
+
+
+def selector(llm: LLMDeployment) -> dict[str, str]:
+    """The pod selector: one label, so it never changes when the engine does."""
+    return {LABEL: llm.name}
+
+
+def selector_string(llm: LLMDeployment) -> str:
+    """The selector in label-query form, for status.selector (the scale subresource)."""
+    return ",".join(f"{key}={value}" for key, value in selector(llm).items())
+
+
+def shared_claim_name(llm: LLMDeployment) -> str:
+    return f"{llm.name}-models"
+
+
+def replica_claim_name(llm: LLMDeployment, ordinal: int) -> str:
+    """The PVC the StatefulSet controller makes for replica `ordinal` (ReadWriteOnce caches)."""
+    return f"{CACHE_VOLUME}-{llm.name}-{ordinal}"
+
+
+def endpoint(llm: LLMDeployment, settings: OperatorSettings) -> str:
+    port = engine_of(llm).port
+    return f"http://{llm.name}.{llm.namespace}.svc.{settings.cluster_domain}:{port}"
+
+
+def owner_reference(llm: LLMDeployment) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": llm.name,
+        "uid": llm.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(llm: LLMDeployment, name: str, *, owned: bool = True) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": llm.namespace, "labels": labels(llm)}
+    if owned and llm.uid:
+        meta["ownerReferences"] = [owner_reference(llm)]
+    return meta
+
+
+def build_service(llm: LLMDeployment, settings: OperatorSettings) -> Manifest:
+    """The Service `<name>`: the engine's port, named `http`, over ready replicas."""
+    del settings  # same Service for every configuration; kept for the builders' common shape
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(llm, llm.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(llm),
+            "ports": [
+                {
+                    "name": "http",
+                    "port": engine_of(llm).port,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def _cache_claim_spec(llm: LLMDeployment) -> dict[str, Any]:
+    storage = llm.spec.storage
+    spec: dict[str, Any] = {
+        "accessModes": [storage.access_mode],
+        "resources": {"requests": {"storage": storage.size}},
+    }
+    if storage.storage_class_name:
+        spec["storageClassName"] = storage.storage_class_name
+    return spec
+
+
+def build_cache(llm: LLMDeployment, settings: OperatorSettings) -> Manifest | None:
+    """The shared ReadWriteMany cache PVC, or None for per-replica (ReadWriteOnce) caches."""
+    del settings
+    if llm.spec.storage.access_mode != "ReadWriteMany":
+        return None
+    # The one deliberate exception to "every child has an ownerReference": with retainOnDelete
+    # the cache must outlive the LLMDeployment, so the garbage collector must not see an owner.
+    owned = not llm.spec.storage.retain_on_delete
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(llm, shared_claim_name(llm), owned=owned),
+        "spec": _cache_claim_spec(llm),
+    }
+
+
+def _tolerations(llm: LLMDeployment) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = []
+    if llm.spec.gpu.count > 0:
+        result.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    for toleration in llm.spec.tolerations:
+        item = toleration.model_dump(by_alias=True, exclude_none=True)
+        if item not in result:
+            result.append(item)
+    return result
+
+
+def _node_selector(llm: LLMDeployment) -> dict[str, str]:
+    defaults = {GKE_ACCELERATOR: llm.spec.gpu.type} if llm.spec.gpu.type else {}
+    return {**defaults, **llm.spec.node_selector}
+
+
+def _resources(llm: LLMDeployment) -> dict[str, Any]:
+    limits: dict[str, str | int] = dict(llm.spec.resources.limits)
+    if llm.spec.gpu.count > 0:
+        limits[GPU_RESOURCE] = str(llm.spec.gpu.count)
+    result: dict[str, Any] = {}
+    if llm.spec.resources.requests:
+        result["requests"] = dict(llm.spec.resources.requests)
+    if limits:
+        result["limits"] = limits
+    return result
+
+
+def _env(pairs: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"name": key, "value": value} for key, value in pairs.items()]
+
+
+def _user_env(llm: LLMDeployment) -> list[dict[str, Any]]:
+    return [var.model_dump(by_alias=True, exclude_none=True) for var in llm.spec.env]
+
+
+def _container_security(engine: Engine) -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": engine.read_only_root,
+    }
+
+
+def _mounts(engine: Engine) -> list[dict[str, Any]]:
+    mounts = [
+        {"name": CACHE_VOLUME, "mountPath": engine.cache_path},
+        {"name": "tmp", "mountPath": TMP},
+    ]
+    if engine.needs_shm:
+        # The container's shared memory (an emptyDir in RAM), not a host path.
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})  # noqa: S108
+    return mounts
+
+
+def _image(llm: LLMDeployment, settings: OperatorSettings) -> str:
+    return llm.spec.image or settings.image_for(llm.spec.engine) or engine_of(llm).image
+
+
+def _fetch_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
+    engine = engine_of(llm)
+    env = _env({**engine.cache_env, "RELAIS_MODEL": llm.spec.model})
+    if llm.spec.revision is not None:
+        env += _env({"RELAIS_REVISION": llm.spec.revision})
+    ref = llm.spec.hf_token_secret_ref
+    if ref is not None:
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
+    return {
+        "name": FETCH_CONTAINER,
+        "image": _image(llm, settings),
+        "command": engine.fetch_command(llm.spec),
+        "env": env,
+        "volumeMounts": _mounts(engine),
+        "securityContext": _container_security(engine),
+    }
+
+
+def _probe(engine: Engine, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": engine.health_path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _server_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
+    engine = engine_of(llm)
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "image": _image(llm, settings),
+        "command": list(engine.command),
+        "args": engine.args(llm.spec),
+        "env": _env({**engine.cache_env, **engine.serve_env}) + _user_env(llm),
+        "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
+        # Model load can take long: the startup probe allows it; readiness then gates traffic.
+        "startupProbe": _probe(engine, 10, max(1, settings.startup_timeout_seconds // 10)),
+        "readinessProbe": _probe(engine, 10, 3),
+        "livenessProbe": _probe(engine, 30, 5),
+        "volumeMounts": _mounts(engine),
+        "securityContext": _container_security(engine),
+    }
+    resources = _resources(llm)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _volumes(llm: LLMDeployment) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if engine_of(llm).needs_shm:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+    if llm.spec.storage.access_mode == "ReadWriteMany":
+        claim = {"claimName": shared_claim_name(llm)}
+        volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": claim})
+    return volumes
+
+
+def _pod_spec(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
+    uid = settings.run_as_user
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            # A model cache holds big files: chown once, not on every mount.
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": [_fetch_container(llm, settings)],
+        "containers": [_server_container(llm, settings)],
+        "volumes": _volumes(llm),
+    }
+    node_selector = _node_selector(llm)
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    tolerations = _tolerations(llm)
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return spec
+
+
+def build_workload(llm: LLMDeployment, settings: OperatorSettings) -> Manifest:
+    """The StatefulSet `<name>`: a fetch step then the engine, one cache per replica (RWO)."""
+    storage = llm.spec.storage
+    shared = storage.access_mode == "ReadWriteMany"
+    spec: dict[str, Any] = {
+        "replicas": llm.spec.replicas,
+        "serviceName": llm.name,
+        # Per-replica caches: replicas are independent, start them together. A shared cache:
+        # one at a time, so the first replica fetches and the others find the model.
+        "podManagementPolicy": "OrderedReady" if shared else "Parallel",
+        "selector": {"matchLabels": selector(llm)},
+        "updateStrategy": {"type": "RollingUpdate"},
+        "persistentVolumeClaimRetentionPolicy": {
+            "whenDeleted": "Retain" if storage.retain_on_delete else "Delete",
+            "whenScaled": "Retain",
+        },
+        "template": {
+            "metadata": {"labels": labels(llm)},
+            "spec": _pod_spec(llm, settings),
+        },
+    }
+    if not shared:
+        spec["volumeClaimTemplates"] = [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": CACHE_VOLUME, "labels": labels(llm)},
+                "spec": _cache_claim_spec(llm),
+            }
+        ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(llm, llm.name),
+        "spec": spec,
+    }
+
+
+def build_children(llm: LLMDeployment, settings: OperatorSettings) -> list[Manifest]:
+    """Every child in creation order: the cache (if shared), the Service, the StatefulSet."""
+    cache = build_cache(llm, settings)
+    children = [build_service(llm, settings), build_workload(llm, settings)]
+    return [cache, *children] if cache is not None else children

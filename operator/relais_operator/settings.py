@@ -1,0 +1,88 @@
+"""Operator settings (pydantic-settings, env prefix RELAIS_OPERATOR_), loaded once at startup.
+
+`main.py` reads them before kopf starts (namespaces and liveness must be known then) and hands
+them to the handlers through kopf's memo; `kopf_settings()` maps them onto kopf's own settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:  # kopf is imported where it runs (main.py decides what kopf may import)
+    import kopf
+
+
+class OperatorSettings(BaseSettings):
+    """Every knob of the operator; each is also an env var, e.g. RELAIS_OPERATOR_NAMESPACES."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAIS_OPERATOR_", frozen=True, extra="ignore")
+
+    # Namespaces to watch, comma-separated in the environment; empty means cluster-wide.
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    liveness_host: str = "0.0.0.0"
+    liveness_port: int = Field(default=8080, ge=0, le=65535)
+    # Cluster DNS domain, for status.endpoint.
+    cluster_domain: str = "cluster.local"
+    # Engine image overrides (an air-gapped mirror); empty means the engine table's pinned image.
+    ollama_image: str = ""
+    tgi_image: str = ""
+    # How long a replica may take to load its model before the kubelet restarts it.
+    startup_timeout_seconds: int = Field(default=3600, ge=60)
+    # UID/GID the model servers and the fetch step run as (the cache volume is chowned via fsGroup).
+    run_as_user: int = Field(default=1000, ge=1)
+    # Watch CustomResourceDefinitions (needs list/watch on them); off = scan the API once at start.
+    watch_crds: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def image_for(self, engine: str) -> str:
+        """The configured image override for an engine, or '' for the engine table's default."""
+        return {"ollama": self.ollama_image, "tgi": self.tgi_image}.get(engine, "")
+
+    @property
+    def liveness_endpoint(self) -> str | None:
+        """kopf's liveness URL, or None when the port is 0 (disabled)."""
+        if not self.liveness_port:
+            return None
+        return f"http://{self.liveness_host}:{self.liveness_port}/healthz"
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
+    """Tune kopf for few API writes: its state under relais.dev/ keys, events for warnings only."""
+    import kopf
+
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="relais.dev"
+    )
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="relais.dev", key="last-handled-configuration"
+    )
+    kopf_settings.persistence.finalizer = "relais.dev/finalizer"
+    # kopf skips events older than its own last patch until it sees that patch come back; under
+    # load (a burst of creates) 5 s can pass, and a stale event would re-run and re-patch.
+    kopf_settings.persistence.consistency_timeout = 30
+    kopf_settings.posting.level = logging.WARNING
+    kopf_settings.peering.standalone = True
+    kopf_settings.peering.mandatory = False
+    kopf_settings.scanning.disabled = not settings.watch_crds
+    # A failed reconcile is retried with back-off instead of hammering the API.
+    kopf_settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    """A fresh kopf settings object configured from ours."""
+    import kopf
+
+    result = kopf.OperatorSettings()
+    configure_kopf(result, settings)
+    return result

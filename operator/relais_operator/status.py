@@ -1,0 +1,205 @@
+"""Pure status: what the children's real state says about an LLMDeployment.
+
+The handlers summarise the StatefulSet and the pods (`workload_state`, `pod_state`) and call
+`compute()`; the result is written only when it differs from what the resource already shows.
+Conditions follow metav1.Condition; lastTransitionTime moves only when a condition's status flips.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from relais_operator import resources
+from relais_operator.settings import OperatorSettings
+from relais_operator.spec import LLMDeployment
+
+READY = "Ready"
+MODEL_CACHE_READY = "ModelCacheReady"
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """What the StatefulSet reports."""
+
+    replicas: int = 0
+    ready_replicas: int = 0
+    up_to_date: bool = True
+
+
+@dataclass(frozen=True)
+class PodState:
+    """What one model pod reports: scheduling trouble and the fetch step's progress."""
+
+    name: str
+    unschedulable: str | None = None
+    fetch: str = "waiting"  # waiting | fetching | done | failed
+    fetch_message: str = ""
+    ready: bool = False
+
+
+def workload_state(body: Mapping[str, Any] | None) -> WorkloadState | None:
+    if body is None:
+        return None
+    status = body.get("status") or {}
+    generation = body.get("metadata", {}).get("generation")
+    observed = status.get("observedGeneration")
+    return WorkloadState(
+        replicas=int(status.get("replicas") or 0),
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        up_to_date=generation is None or observed is None or observed >= generation,
+    )
+
+
+def _fetch_state(status: Mapping[str, Any]) -> tuple[str, str]:
+    for container in status.get("initContainerStatuses") or []:
+        if container.get("name") != resources.FETCH_CONTAINER:
+            continue
+        state = container.get("state") or {}
+        if "terminated" in state:
+            done = state["terminated"]
+            if done.get("exitCode") == 0:
+                return "done", ""
+            return "failed", done.get("message") or f"exit code {done.get('exitCode')}"
+        if "running" in state:
+            return "fetching", ""
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff"}:
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            detail = last.get("message") or waiting.get("message") or waiting["reason"]
+            return "failed", str(detail)
+    return "waiting", ""
+
+
+def pod_state(body: Mapping[str, Any]) -> PodState:
+    """Summarise a model pod (the pods index keeps only this, not the whole pod)."""
+    status = body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled") or {}
+    unschedulable = None
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        unschedulable = scheduled.get("message") or "no node fits the pod"
+    ready = (conditions.get("Ready") or {}).get("status") == "True"
+    fetch, message = _fetch_state(status)
+    if ready:
+        fetch = "done"
+    return PodState(
+        name=body.get("metadata", {}).get("name", ""),
+        unschedulable=unschedulable,
+        fetch=fetch,
+        fetch_message=message,
+        ready=ready,
+    )
+
+
+def condition(
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Iterable[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    """A metav1.Condition that keeps its lastTransitionTime unless its status flips."""
+    since = now
+    for old in previous:
+        if old.get("type") == type_ and old.get("status") == status:
+            since = old.get("lastTransitionTime") or now
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+    }
+
+
+def _readiness(
+    desired: int, workload: WorkloadState | None, pods: Sequence[PodState]
+) -> tuple[str, str, str, str]:
+    """(phase, Ready status, reason, message) from the children."""
+    ready = workload.ready_replicas if workload else 0
+    counts = f"{ready}/{desired} replicas ready"
+    if desired == 0:
+        return "ScaledToZero", "False", "ScaledToZero", "scaled to zero replicas"
+    if workload is not None and workload.up_to_date and ready >= desired:
+        return "Ready", "True", "AllReplicasReady", counts
+    stuck = [pod for pod in pods if pod.unschedulable]
+    failed = [pod for pod in pods if pod.fetch == "failed"]
+    if failed:
+        detail = f"{failed[0].name}: model fetch failed: {failed[0].fetch_message}"
+        return "Failed", "False", "ModelFetchFailed", f"{counts}; {detail}"
+    if stuck:
+        detail = f"{stuck[0].name}: {stuck[0].unschedulable}"
+        return ("Degraded" if ready else "Pending"), "False", "Unschedulable", f"{counts}; {detail}"
+    if ready:
+        return "Degraded", "False", "ReplicasNotReady", counts
+    if any(pod.fetch == "fetching" for pod in pods):
+        return "Loading", "False", "FetchingModel", f"{counts}; downloading the model"
+    if pods:
+        return "Loading", "False", "ReplicasNotReady", f"{counts}; starting"
+    return "Pending", "False", "ReplicasNotReady", counts
+
+
+def _cache(workload: WorkloadState | None, pods: Sequence[PodState]) -> tuple[str, str, str]:
+    """(status, reason, message) of the ModelCacheReady condition."""
+    ready = workload.ready_replicas if workload else 0
+    cached = max(ready, sum(pod.fetch == "done" for pod in pods))
+    failed = [pod for pod in pods if pod.fetch == "failed"]
+    if failed:
+        return "False", "FetchFailed", f"{failed[0].name}: {failed[0].fetch_message}"
+    if cached:
+        return "True", "Cached", f"model cached for {cached} replica(s)"
+    if any(pod.fetch == "fetching" for pod in pods):
+        return "False", "Fetching", "downloading the model into the cache"
+    return "Unknown", "NoReplicaStarted", "no replica has started its fetch step yet"
+
+
+def compute(
+    llm: LLMDeployment,
+    settings: OperatorSettings,
+    workload: WorkloadState | None,
+    pods: Sequence[PodState],
+    previous: Mapping[str, Any],
+    now: str,
+) -> dict[str, Any]:
+    """The whole status of a valid LLMDeployment."""
+    old = previous.get("conditions") or []
+    phase, ready, reason, message = _readiness(llm.spec.replicas, workload, pods)
+    cache_status, cache_reason, cache_message = _cache(workload, pods)
+    gen = llm.generation
+    return {
+        "phase": phase,
+        "conditions": [
+            condition(READY, ready, reason, message, gen, old, now),
+            condition(MODEL_CACHE_READY, cache_status, cache_reason, cache_message, gen, old, now),
+        ],
+        "replicas": workload.replicas if workload else 0,
+        "readyReplicas": workload.ready_replicas if workload else 0,
+        "selector": resources.selector_string(llm),
+        "endpoint": resources.endpoint(llm, settings),
+        "servedModelName": llm.spec.effective_served_model_name,
+        "engine": llm.spec.engine,
+        "observedGeneration": gen,
+    }
+
+
+def invalid(message: str, generation: int, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """Status fields for a resource the operator cannot act on (other fields stay as they were)."""
+    old = previous.get("conditions") or []
+    ready = condition(READY, "False", "InvalidSpec", message, generation, old, now)
+    return {"phase": "Invalid", "conditions": [ready], "observedGeneration": generation}
+
+
+def needs_update(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether writing `desired` would change `current` (each desired key compared as a whole)."""
+    return any(current.get(key) != value for key, value in desired.items())
+
+
+def now() -> str:
+    """RFC 3339 UTC with second precision, as metav1.Time serialises."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,57 @@
+"""Sample LLMDeployments shared by the operator tests (one place for the cases the goldens pin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relais_operator.spec import LLMDeployment
+
+UID = "0d6f2c57-3f0e-4c2a-9a56-1a1b2c3d4e5f"
+
+CASES: dict[str, dict[str, Any]] = {
+    # The seeds' setups, as in manifests/examples.
+    "ollama-l4": {
+        "engine": "ollama",
+        "model": "qwen2.5:7b-instruct",
+        "gpu": {"count": 1, "type": "nvidia-l4"},
+        "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "24Gi"}},
+        "storage": {"size": "20Gi"},
+    },
+    "tgi-gated-2gpu": {
+        "engine": "tgi",
+        "model": "google/gemma-2-2b-it",
+        "revision": "main",
+        "replicas": 2,
+        "gpu": {"count": 2, "type": "nvidia-l4"},
+        "hfTokenSecretRef": {"name": "hf-token", "key": "token"},
+        "args": ["--max-total-tokens", "8192"],
+        "env": [{"name": "LOG_LEVEL", "value": "info"}],
+        "nodeSelector": {"pool": "gpu"},
+        "tolerations": [
+            {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}
+        ],
+        "requestLimits": {"maxConcurrentRequests": 32},
+    },
+    "cpu-shared-cache": {
+        "engine": "ollama",
+        "model": "qwen2.5:0.5b",
+        "replicas": 3,
+        "gpu": {"count": 0},
+        "storage": {
+            "size": "2Gi",
+            "accessMode": "ReadWriteMany",
+            "storageClassName": "filestore",
+            "retainOnDelete": False,
+        },
+    },
+}
+
+
+def make(
+    name: str = "llm", spec: dict[str, Any] | None = None, generation: int = 1
+) -> LLMDeployment:
+    body = {
+        "metadata": {"name": name, "namespace": "models", "uid": UID, "generation": generation},
+        "spec": spec if spec is not None else CASES["ollama-l4"],
+    }
+    return LLMDeployment.from_body(body)

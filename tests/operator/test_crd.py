@@ -1,0 +1,278 @@
+"""The CRD (manifests/crd.yaml): examples validate, bad specs are rejected, CEL rules hold.
+
+The openAPIV3Schema is checked with jsonschema. Its CEL rules are compiled and run with
+cel-python (a CEL implementation, not the API server's: the Kubernetes CEL library extras are
+not available, so the rules stick to standard CEL). Each rule is also mirrored by spec.py,
+and both are run on the same inputs so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+from relais_operator import spec as spec_module
+from relais_operator.engines import ENGINES
+from relais_operator.spec import InvalidSpecError, LLMDeployment, LLMDeploymentSpec
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CRD = yaml.safe_load((ROOT / "manifests" / "crd.yaml").read_text())
+[VERSION] = CRD["spec"]["versions"]
+SCHEMA = VERSION["schema"]["openAPIV3Schema"]
+SPEC_SCHEMA = SCHEMA["properties"]["spec"]
+EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
+
+
+def _examples() -> Iterator[dict[str, Any]]:
+    for path in EXAMPLES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "LLMDeployment":
+                yield doc
+
+
+def _apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Structural defaulting as the API server does it (objects only, which is all we use)."""
+    if schema.get("type") != "object" or not isinstance(value, dict):
+        return value
+    result = dict(value)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in result and "default" in sub:
+            result[key] = copy.deepcopy(sub["default"])
+        if key in result:
+            result[key] = _apply_defaults(sub, result[key])
+    return result
+
+
+def _schema_errors(obj: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft7Validator(SCHEMA)
+    return [error.message for error in validator.iter_errors(obj)]
+
+
+def _rules(
+    schema: dict[str, Any], path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+    for rule in schema.get("x-kubernetes-validations", []):
+        yield path, rule
+    for key, sub in schema.get("properties", {}).items():
+        yield from _rules(sub, (*path, key))
+    if "items" in schema:
+        yield from _rules(schema["items"], (*path, "[]"))
+
+
+def _cel(rule: str, self_value: Any, old_value: Any = None) -> bool:
+    env = celpy.Environment()
+    program = env.program(env.compile(rule))
+    to_cel = celpy.json_to_cel  # type: ignore[attr-defined]
+    activation = {"self": to_cel(self_value)}
+    if old_value is not None:
+        activation["oldSelf"] = to_cel(old_value)
+    return bool(program.evaluate(activation))
+
+
+def _resource(spec: dict[str, Any], name: str = "llm") -> dict[str, Any]:
+    return {
+        "apiVersion": "relais.dev/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+def _spec_rules_pass(spec: dict[str, Any]) -> bool:
+    spec = _apply_defaults(SPEC_SCHEMA, spec)
+    return all(_cel(rule["rule"], spec) for path, rule in _rules(SPEC_SCHEMA) if path == ())
+
+
+def _python_accepts(spec: dict[str, Any], name: str = "llm") -> bool:
+    try:
+        LLMDeployment.from_body({"metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    except InvalidSpecError:
+        return False
+    return True
+
+
+# --- the schema --------------------------------------------------------------------------------
+
+
+def test_crd_names_and_subresources() -> None:
+    names = CRD["spec"]["names"]
+    assert (CRD["spec"]["group"], VERSION["name"], names["kind"]) == (
+        "relais.dev",
+        "v1alpha1",
+        "LLMDeployment",
+    )
+    assert (names["plural"], names["shortNames"], names["categories"]) == (
+        "llmdeployments",
+        ["llmd"],
+        ["relais"],
+    )
+    assert VERSION["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    columns = {c["name"]: c["jsonPath"] for c in VERSION["additionalPrinterColumns"]}
+    assert columns["Engine"] == ".spec.engine"
+    assert columns["Model"] == ".spec.model"
+    assert columns["Ready"] == ".status.readyReplicas"
+    assert columns["Desired"] == ".spec.replicas"
+    assert columns["Age"] == ".metadata.creationTimestamp"
+
+
+def _walk(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, schema
+    for key, sub in schema.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{key}")
+    if "items" in schema:
+        yield from _walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def test_schema_is_structural() -> None:
+    for path, node in _walk(SCHEMA):
+        typed = "type" in node or node.get("x-kubernetes-int-or-string")
+        assert typed, f"{path or '<root>'} has no type"
+        if node.get("type") == "object" and path != ".metadata":
+            assert (
+                "properties" in node
+                or "additionalProperties" in node
+                or node.get("x-kubernetes-preserve-unknown-fields")
+            ), f"{path} is an untyped object"
+
+
+def test_engine_enum_is_the_engine_table() -> None:
+    literal = typing.get_args(LLMDeploymentSpec.model_fields["engine"].annotation)
+    assert sorted(SPEC_SCHEMA["properties"]["engine"]["enum"]) == sorted(ENGINES) == sorted(literal)
+
+
+def test_schema_defaults_match_the_python_model() -> None:
+    spec = _apply_defaults(SPEC_SCHEMA, {"engine": "ollama", "model": "m"})
+    parsed = LLMDeploymentSpec.model_validate({"engine": "ollama", "model": "m"})
+    assert spec["replicas"] == parsed.replicas == 1
+    assert spec["gpu"]["count"] == parsed.gpu.count == 1
+    storage = parsed.storage
+    assert spec["storage"] == {
+        "size": storage.size,
+        "accessMode": storage.access_mode,
+        "retainOnDelete": storage.retain_on_delete,
+    }
+    key = SPEC_SCHEMA["properties"]["hfTokenSecretRef"]["properties"]["key"]["default"]
+    tgi = {"engine": "tgi", "model": "a/b", "hfTokenSecretRef": {"name": "s"}}
+    ref = LLMDeploymentSpec.model_validate(tgi).hf_token_secret_ref
+    assert ref is not None
+    assert key == ref.key
+
+
+@pytest.mark.parametrize("example", list(_examples()), ids=lambda doc: doc["metadata"]["name"])
+def test_examples_validate(example: dict[str, Any]) -> None:
+    assert _schema_errors(example) == []
+    resource = _apply_defaults(SCHEMA, example)
+    for path, rule in _rules(SCHEMA):
+        if path == ():
+            assert _cel(rule["rule"], resource), rule["message"]
+        elif path == ("spec",):
+            assert _cel(rule["rule"], resource["spec"]), rule["message"]
+    assert _python_accepts(example["spec"], example["metadata"]["name"])
+
+
+def test_example_secret_is_a_placeholder() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "manifests/examples/hf-token-secret.yaml").read_text()))
+    assert docs[0]["kind"] == "Secret"
+    assert docs[0]["stringData"]["token"] == "REPLACE_WITH_YOUR_HF_TOKEN"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"model": "m"},
+        {"engine": "ollama"},
+        {"engine": "vllm", "model": "m"},
+        {"engine": "ollama", "model": ""},
+        {"engine": "ollama", "model": "m", "replicas": -1},
+        {"engine": "ollama", "model": "m", "gpu": {"count": -1}},
+        {"engine": "ollama", "model": "m", "gpu": {"type": "NVIDIA L4"}},
+        {"engine": "ollama", "model": "m", "storage": {"accessMode": "ReadOnlyMany"}},
+        {"engine": "ollama", "model": "m", "storage": {"size": "lots"}},
+        {"engine": "ollama", "model": "m", "resources": {"limits": {"memory": "much"}}},
+        {"engine": "ollama", "model": "m", "requestLimits": {"maxTokens": 0}},
+        {"engine": "ollama", "model": "m", "tolerations": [{"operator": "Maybe"}]},
+        {"engine": "tgi", "model": "a/b", "hfTokenSecretRef": {"key": "k"}},
+    ],
+)
+def test_schema_rejects_bad_specs(spec: dict[str, Any]) -> None:
+    assert _schema_errors(_resource(spec)) != []
+
+
+# --- CEL rules and their Python mirror ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "ok"),
+    [
+        ({"engine": "tgi", "model": "google/gemma-2-2b-it", "revision": "main"}, True),
+        ({"engine": "ollama", "model": "qwen2.5:0.5b", "revision": "main"}, False),
+        ({"engine": "tgi", "model": "a/b", "hfTokenSecretRef": {"name": "s"}}, True),
+        ({"engine": "ollama", "model": "qwen2.5:0.5b", "hfTokenSecretRef": {"name": "s"}}, False),
+        ({"engine": "tgi", "model": "gemma-2-2b-it"}, False),
+        ({"engine": "tgi", "model": "org/repo/extra"}, False),
+        ({"engine": "ollama", "model": "hf.co/org/repo:Q4_K_M"}, True),
+        ({"engine": "ollama", "model": "qwen 2.5"}, False),
+    ],
+)
+def test_spec_rules_cel_and_python_agree(spec: dict[str, Any], ok: bool) -> None:
+    assert _spec_rules_pass(spec) is ok
+    assert _python_accepts(spec) is ok
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("qwen", True), ("a" * 52, True), ("a" * 53, False), ("9lives", False), ("a.b", False)],
+)
+def test_name_rule_cel_and_python_agree(name: str, ok: bool) -> None:
+    [rule] = [rule for path, rule in _rules(SCHEMA) if path == ()]
+    assert _cel(rule["rule"], _resource({}, name)) is ok
+    assert _python_accepts({"engine": "ollama", "model": "m"}, name) is ok
+
+
+def test_env_value_xor_value_from() -> None:
+    [rule] = [rule for path, rule in _rules(SCHEMA) if path == ("spec", "env", "[]")]
+    assert _cel(rule["rule"], {"name": "A", "value": "1"})
+    assert _cel(
+        rule["rule"], {"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    )
+    assert not _cel(rule["rule"], {"name": "A", "value": "1", "valueFrom": {}})
+
+
+def test_access_mode_cannot_change() -> None:
+    [rule] = [rule for path, rule in _rules(SCHEMA) if path == ("spec", "storage")]
+    rwo, rwx = {"accessMode": "ReadWriteOnce"}, {"accessMode": "ReadWriteMany"}
+    assert _cel(rule["rule"], rwo, rwo)
+    assert not _cel(rule["rule"], rwx, rwo)
+
+
+def test_every_rule_is_tested() -> None:
+    """A new CEL rule needs a test here: this list is the set the tests above exercise."""
+    tested = {
+        (): 1,
+        ("spec",): 4,
+        ("spec", "storage"): 1,
+        ("spec", "env", "[]"): 1,
+    }
+    found: dict[tuple[str, ...], int] = {}
+    for path, _ in _rules(SCHEMA):
+        found[path] = found.get(path, 0) + 1
+    assert found == tested
+
+
+def test_quantity_pattern_is_mirrored() -> None:
+    resources = SPEC_SCHEMA["properties"]["resources"]["properties"]
+    for kind in ("requests", "limits"):
+        assert resources[kind]["additionalProperties"]["pattern"] == spec_module._QUANTITY.pattern

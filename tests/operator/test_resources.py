@@ -1,0 +1,243 @@
+"""The pure manifest builders: golden YAML, invariants (hypothesis), and API-schema validity.
+
+Regenerate the goldens after an intended change: RELAIS_UPDATE_GOLDEN=1 pytest tests/operator.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from relais_operator import resources
+from relais_operator.engines import ENGINES, ollama_manifest_path
+from relais_operator.settings import OperatorSettings
+from relais_operator.spec import LLMDeployment
+
+from tests.operator.builders import CASES, make
+
+GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "data" / "operator"
+UPDATE = os.environ.get("RELAIS_UPDATE_GOLDEN") == "1"
+K8S_VERSION = "1.30.0"
+SETTINGS = OperatorSettings()
+
+
+class _Literal(yaml.SafeDumper):
+    """Multi-line strings (the fetch scripts) as readable `|` blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Literal.add_representer(str, _str)
+
+
+def _render(children: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(children, Dumper=_Literal, sort_keys=False)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_children_match_golden(case: str) -> None:
+    rendered = _render(resources.build_children(make(case, CASES[case]), SETTINGS))
+    path = GOLDEN / f"{case}.yaml"
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rendered)
+    assert path.exists(), f"no golden {path}; run with RELAIS_UPDATE_GOLDEN=1"
+    assert rendered == path.read_text()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_children_pass_kubernetes_validate_strict(case: str) -> None:
+    for child in resources.build_children(make(case, CASES[case]), SETTINGS):
+        kubernetes_validate.validate(child, K8S_VERSION, strict=True)
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "manifests" / "examples"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_render_valid_children(path: pathlib.Path) -> None:
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc["kind"] != "LLMDeployment":
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            continue
+        doc["metadata"]["uid"] = "u"
+        for child in resources.build_children(LLMDeployment.from_body(doc), SETTINGS):
+            kubernetes_validate.validate(child, K8S_VERSION, strict=True)
+
+
+def test_gke_gpu_scheduling() -> None:
+    workload = resources.build_workload(make("qwen", CASES["ollama-l4"]), SETTINGS)
+    pod = workload["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+
+
+def test_tgi_shards_shm_and_token() -> None:
+    workload = resources.build_workload(make("gemma", CASES["tgi-gated-2gpu"]), SETTINGS)
+    pod = workload["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--num-shard") + 1] == "2"
+    assert args[args.index("--port") + 1] == "8080"
+    assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    fetch_env = {e["name"]: e for e in pod["initContainers"][0]["env"]}
+    assert fetch_env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "hf-token",
+        "key": "token",
+    }
+    server_env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert "HF_TOKEN" not in server_env  # only the fetch step goes to the Hub
+    assert server_env["HF_HUB_OFFLINE"] == "1"  # a restarted pod downloads nothing
+
+
+def test_rwo_cache_is_per_replica_and_retained() -> None:
+    llm = make("qwen", {**CASES["ollama-l4"], "replicas": 3})
+    workload = resources.build_workload(llm, SETTINGS)
+    assert resources.build_cache(llm, SETTINGS) is None
+    [template] = workload["spec"]["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == resources.CACHE_VOLUME
+    assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert workload["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    assert resources.replica_claim_name(llm, 2) == "models-qwen-2"
+
+
+def test_rwx_cache_is_shared_and_unowned_when_retained() -> None:
+    spec = {**CASES["cpu-shared-cache"], "storage": {"accessMode": "ReadWriteMany"}}
+    llm = make("tiny", spec)
+    cache = resources.build_cache(llm, SETTINGS)
+    assert cache is not None
+    assert cache["metadata"]["name"] == "tiny-models"
+    assert "ownerReferences" not in cache["metadata"]  # retainOnDelete (default): outlives us
+    volumes = resources.build_workload(llm, SETTINGS)["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "tiny-models"}} in volumes
+    owned = resources.build_cache(make("tiny", CASES["cpu-shared-cache"]), SETTINGS)
+    assert owned is not None
+    assert owned["metadata"]["ownerReferences"][0]["uid"]
+
+
+def test_fetch_steps_skip_a_present_cache() -> None:
+    ollama = resources.build_workload(make("q", CASES["ollama-l4"]), SETTINGS)
+    script = ollama["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
+    manifest = "/models/manifests/registry.ollama.ai/library/qwen2.5/7b-instruct"
+    assert f"if [ -f {manifest} ]; then" in script
+    tgi = resources.build_workload(make("g", CASES["tgi-gated-2gpu"]), SETTINGS)
+    code = tgi["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
+    assert "local_files_only=True" in code
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [
+        ("qwen2.5:7b-instruct", "manifests/registry.ollama.ai/library/qwen2.5/7b-instruct"),
+        ("llama3", "manifests/registry.ollama.ai/library/llama3/latest"),
+        ("user/model:q4", "manifests/registry.ollama.ai/user/model/q4"),
+        ("hf.co/org/repo:Q4_K_M", "manifests/hf.co/org/repo/Q4_K_M"),
+    ],
+)
+def test_ollama_manifest_path(model: str, path: str) -> None:
+    assert ollama_manifest_path(model) == path
+
+
+def test_image_override_order() -> None:
+    llm = make("q", CASES["ollama-l4"])
+    image = resources.build_workload(llm, OperatorSettings(ollama_image="mirror/ollama:1"))
+    assert image["spec"]["template"]["spec"]["containers"][0]["image"] == "mirror/ollama:1"
+    own = make("q", {**CASES["ollama-l4"], "image": "mine/ollama:2"})
+    pod = resources.build_workload(own, SETTINGS)["spec"]["template"]["spec"]
+    assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {"mine/ollama:2"}
+
+
+# --- invariants ----------------------------------------------------------------------------------
+
+_label = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
+_tolerations = st.lists(
+    st.fixed_dictionaries(
+        {
+            "key": _label,
+            "operator": st.just("Exists"),
+            "effect": st.sampled_from(["NoSchedule", "NoExecute"]),
+        }
+    ),
+    max_size=3,
+)
+_MODELS = {"ollama": "qwen2.5:0.5b", "tgi": "google/gemma-2-2b-it"}
+_specs = st.fixed_dictionaries(
+    {
+        "engine": st.sampled_from(sorted(ENGINES)),
+        "replicas": st.integers(0, 8),
+        "gpu": st.fixed_dictionaries(
+            {"count": st.integers(0, 8), "type": st.one_of(st.none(), st.just("nvidia-l4"))}
+        ),
+        "storage": st.fixed_dictionaries(
+            {
+                "accessMode": st.sampled_from(["ReadWriteOnce", "ReadWriteMany"]),
+                "retainOnDelete": st.booleans(),
+            }
+        ),
+        "nodeSelector": st.dictionaries(_label, _label, max_size=3),
+        "tolerations": _tolerations,
+    }
+)
+
+
+def _llm(name: str, spec: dict[str, Any]) -> LLMDeployment:
+    gpu = {k: v for k, v in spec["gpu"].items() if v is not None}
+    spec = {**spec, "model": _MODELS[spec["engine"]], "gpu": gpu}
+    return make(name, spec)
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.from_regex(r"[a-z][a-z0-9-]{0,30}[a-z0-9]", fullmatch=True), spec=_specs)
+def test_builder_invariants(name: str, spec: dict[str, Any]) -> None:
+    llm = _llm(name, spec)
+    children = resources.build_children(llm, SETTINGS)
+    workload = resources.build_workload(llm, SETTINGS)
+    pod = workload["spec"]["template"]["spec"]
+    # Every child carries the contract labels; every child but a retained cache has an owner.
+    for child in children:
+        assert child["metadata"]["labels"] == resources.labels(llm)
+        assert child["metadata"]["namespace"] == "models"
+        retained_cache = (
+            child["kind"] == "PersistentVolumeClaim" and spec["storage"]["retainOnDelete"]
+        )
+        assert ("ownerReferences" in child["metadata"]) != retained_cache
+    # Names are stable and derived from the resource's name only.
+    assert workload["metadata"]["name"] == name
+    assert resources.build_service(llm, SETTINGS)["metadata"]["name"] == name
+    assert resources.build_children(llm, SETTINGS) == children
+    # The pods are selected by the Service and the StatefulSet, and labelled for the gateway.
+    assert (
+        workload["spec"]["selector"]["matchLabels"].items()
+        <= workload["spec"]["template"]["metadata"]["labels"].items()
+    )
+    # The GPU limit is gpu.count, absent for CPU-only.
+    limits = pod["containers"][0].get("resources", {}).get("limits", {})
+    count = spec["gpu"]["count"]
+    assert limits.get("nvidia.com/gpu") == (str(count) if count else None)
+    # User node selectors and tolerations are merged, never lost.
+    assert spec["nodeSelector"].items() <= pod.get("nodeSelector", {}).items()
+    for toleration in spec["tolerations"]:
+        assert toleration in pod.get("tolerations", [])
+    if count:
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+            "tolerations"
+        ]
+    if spec["gpu"].get("type") and "cloud.google.com/gke-accelerator" not in spec["nodeSelector"]:
+        assert pod["nodeSelector"]["cloud.google.com/gke-accelerator"] == "nvidia-l4"
+    # The Service port named http is the engine's port.
+    [port] = resources.build_service(llm, SETTINGS)["spec"]["ports"]
+    assert (port["name"], port["port"]) == ("http", ENGINES[spec["engine"]].port)

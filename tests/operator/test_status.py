@@ -1,0 +1,143 @@
+"""Pure status computation: phases, conditions, and transition times."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jsonschema
+import yaml
+from relais_operator import status
+from relais_operator.settings import OperatorSettings
+from relais_operator.status import PodState, WorkloadState
+
+from tests.operator.builders import CASES, make
+
+SETTINGS = OperatorSettings()
+CRD = pathlib.Path(__file__).resolve().parents[2] / "manifests" / "crd.yaml"
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
+def _compute(
+    workload: WorkloadState | None,
+    pods: list[PodState],
+    previous: dict[str, Any] | None = None,
+    replicas: int = 2,
+) -> dict[str, Any]:
+    llm = make("qwen", {**CASES["ollama-l4"], "replicas": replicas}, generation=3)
+    return status.compute(llm, SETTINGS, workload, pods, previous or {}, T1 if previous else T0)
+
+
+def _ready(result: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in result["conditions"] if c["type"] == "Ready")
+
+
+def test_all_ready() -> None:
+    result = _compute(WorkloadState(replicas=2, ready_replicas=2), [])
+    assert result["phase"] == "Ready"
+    assert _ready(result) | {"lastTransitionTime": None} == {
+        "type": "Ready",
+        "status": "True",
+        "reason": "AllReplicasReady",
+        "message": "2/2 replicas ready",
+        "observedGeneration": 3,
+        "lastTransitionTime": None,
+    }
+    assert result["endpoint"] == "http://qwen.models.svc.cluster.local:11434"
+    assert result["selector"] == "relais.dev/llmdeployment=qwen"
+    assert (result["servedModelName"], result["observedGeneration"]) == ("qwen2.5:7b-instruct", 3)
+
+
+def test_unschedulable_reason_surfaces() -> None:
+    message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    pods = [PodState(name="qwen-0", unschedulable=message)]
+    result = _compute(WorkloadState(replicas=1), pods)
+    assert result["phase"] == "Pending"
+    assert _ready(result)["reason"] == "Unschedulable"
+    assert message in _ready(result)["message"]
+
+
+def test_degraded_fetching_failed_and_zero() -> None:
+    assert _compute(WorkloadState(replicas=2, ready_replicas=1), [])["phase"] == "Degraded"
+    fetching = _compute(WorkloadState(replicas=1), [PodState(name="q-0", fetch="fetching")])
+    assert (fetching["phase"], _ready(fetching)["reason"]) == ("Loading", "FetchingModel")
+    failed = _compute(
+        WorkloadState(replicas=1), [PodState(name="q-0", fetch="failed", fetch_message="401")]
+    )
+    assert failed["phase"] == "Failed"
+    cache = next(c for c in failed["conditions"] if c["type"] == "ModelCacheReady")
+    assert (cache["status"], cache["reason"]) == ("False", "FetchFailed")
+    zero = _compute(WorkloadState(), [], replicas=0)
+    assert (zero["phase"], _ready(zero)["reason"]) == ("ScaledToZero", "ScaledToZero")
+
+
+def test_stale_workload_is_not_ready() -> None:
+    stale = WorkloadState(replicas=2, ready_replicas=2, up_to_date=False)
+    assert _compute(stale, [])["phase"] == "Degraded"
+
+
+def test_transition_time_moves_only_on_flips() -> None:
+    first = _compute(WorkloadState(replicas=2), [])
+    same = _compute(WorkloadState(replicas=2), [], previous=first)
+    assert _ready(same)["lastTransitionTime"] == T0
+    assert not status.needs_update(first, same)
+    flipped = _compute(WorkloadState(replicas=2, ready_replicas=2), [], previous=first)
+    assert _ready(flipped)["lastTransitionTime"] == T1
+    assert status.needs_update(first, flipped)
+
+
+def test_pod_state_summary() -> None:
+    pod: dict[str, Any] = {
+        "metadata": {"name": "q-0"},
+        "status": {
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "False"},
+            ],
+            "initContainerStatuses": [
+                {
+                    "name": "fetch-model",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": "401 Unauthorized"}},
+                }
+            ],
+        },
+    }
+    state = status.pod_state(pod)
+    assert (state.fetch, state.fetch_message, state.unschedulable) == (
+        "failed",
+        "401 Unauthorized",
+        None,
+    )
+    pod["status"]["initContainerStatuses"][0]["state"] = {"terminated": {"exitCode": 0}}
+    assert status.pod_state(pod).fetch == "done"
+
+
+def test_every_status_fits_the_crd_status_schema() -> None:
+    schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validator = jsonschema.Draft7Validator(schema["properties"]["status"])
+    samples = [
+        _compute(None, []),
+        _compute(WorkloadState(replicas=2, ready_replicas=2), []),
+        _compute(
+            WorkloadState(replicas=2, ready_replicas=1), [PodState(name="q-1", unschedulable="x")]
+        ),
+        _compute(WorkloadState(replicas=1), [PodState(name="q-0", fetch="failed")]),
+        _compute(WorkloadState(), [], replicas=0),
+        status.invalid("spec: bad", 1, {}, T0),
+    ]
+    for sample in samples:
+        assert list(validator.iter_errors(sample)) == []
+
+
+def test_invalid_status() -> None:
+    result = status.invalid("spec: bad", 4, {}, T0)
+    assert result["phase"] == "Invalid"
+    assert result["conditions"][0] | {"lastTransitionTime": T0} == {
+        "type": "Ready",
+        "status": "False",
+        "reason": "InvalidSpec",
+        "message": "spec: bad",
+        "observedGeneration": 4,
+        "lastTransitionTime": T0,
+    }
