@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# CI only (called by .ci/run as root): install and start a Docker engine, build a Debian base image
+# with debootstrap (no registry is reachable from CI), then build both Relais images on it.
+# Idempotent: every step is skipped when its result is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE_IMAGE=${RELAIS_CI_BASE_IMAGE:-relais-base:bookworm}
+STATE_DIR=${RELAIS_CI_STATE_DIR:-/var/tmp/relais-ci}
+SOCKET=/var/run/docker.sock
+mkdir -p "$STATE_DIR"
+
+log() { printf '>> ci-docker: %s\n' "$*" >&2; }
+
+install_packages() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+start_dockerd() {
+  if docker info >/dev/null 2>&1; then return; fi
+  log "starting dockerd (vfs, no bridge, no iptables; log: $STATE_DIR/dockerd.log)"
+  nohup dockerd --storage-driver vfs --bridge=none --iptables=false \
+    >"$STATE_DIR/dockerd.log" 2>&1 &
+  echo $! >"$STATE_DIR/dockerd.pid"
+  for _ in $(seq 1 60); do
+    if [ -S "$SOCKET" ] && docker info >/dev/null 2>&1; then return; fi
+    sleep 1
+  done
+  log "dockerd did not answer within 60 s:"; tail -n 30 "$STATE_DIR/dockerd.log" >&2
+  exit 1
+}
+
+# The Debian mirror apt uses here (deb822 "URIs:" or one-line "deb URL suite").
+debian_mirror() {
+  local url
+  url=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n1)
+  [ -n "$url" ] || url=$(grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+    | grep -v security | awk '{print $2}' | grep -E 'debian/?$' | head -n1)
+  echo "${url:-http://deb.debian.org/debian}"
+}
+
+build_base_image() {
+  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then return; fi
+  local root="$STATE_DIR/rootfs" mirror
+  mirror=$(debian_mirror)
+  log "debootstrap bookworm from $mirror into $root"
+  rm -rf "$root"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    bookworm "$root" "$mirror" >"$STATE_DIR/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$STATE_DIR/debootstrap.log" >&2; exit 1; }
+  # pip inside the build must trust what the host trusts (a TLS-inspecting proxy, if any).
+  install -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+  copy_pip_index "$root"
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  log "importing $root as $BASE_IMAGE"
+  tar -C "$root" -c . | docker import - "$BASE_IMAGE" >/dev/null
+  rm -rf "$root"
+}
+
+# Carry an http(s) package index over into the base image; file:// indexes and
+# host-only constraint files are meaningless inside a container and are left out.
+copy_pip_index() {
+  local root=$1 index extra
+  index=${PIP_INDEX_URL:-$(pip3 config get global.index-url 2>/dev/null || true)}
+  extra=$(pip3 config get global.extra-index-url 2>/dev/null | tr ' ' '\n' | grep -E '^https?://' | tr '\n' ' ' || true)
+  case "$index" in http://*|https://*) ;; *) index="" ;; esac
+  if [ -n "$index$extra" ]; then
+    mkdir -p "$root/etc"
+    {
+      echo "[global]"
+      [ -z "$index" ] || echo "index-url = $index"
+      [ -z "$extra" ] || echo "extra-index-url = $extra"
+    } >"$root/etc/pip.conf"
+    log "copied the host's package index into the base image"
+  fi
+}
+
+install_packages
+start_dockerd
+build_base_image
+BASE_IMAGE="$BASE_IMAGE" DOCKER_NETWORK=host hack/build-images.sh
+{
+  echo "RELAIS_BASE_IMAGE=$BASE_IMAGE"
+  echo "RELAIS_OPERATOR_IMAGE=${RELAIS_OPERATOR_IMAGE:-relais-operator:dev}"
+  echo "RELAIS_GATEWAY_IMAGE=${RELAIS_GATEWAY_IMAGE:-relais-gateway:dev}"
+} >"$STATE_DIR/images.env"
+log "images ready (see $STATE_DIR/images.env)"

@@ -1,0 +1,1 @@
+"""Packaging tests: the Helm chart, generated manifests, container images, compose and kind."""

@@ -1,0 +1,199 @@
+"""The container images, built and run for real: the gateway serves a request to a fake engine,
+the operator's entry point answers --help, both run as a numeric non-root user with no weights
+inside, and their size is measured against the 200 MB budget.
+
+Marked `docker`: skipped without a Docker engine, failed instead when RELAIS_REQUIRE_DOCKER=1.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from tests.fakes.process import FakeEngine
+from tests.packaging.conftest import run
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+
+MB = 1_000_000
+BUDGET_MB = 200
+# python:3.12-slim as Docker Hub publishes it (linux/amd64, compressed), and unpacked
+# (`docker images`); the issue's formula adds the published figure to our layers.
+SLIM_PUBLISHED_MB = 41
+SLIM_UNPACKED_MB = 125
+UID = "10001"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def inspect(docker: str, ref: str) -> dict[str, Any]:
+    info: list[dict[str, Any]] = json.loads(run(docker, "image", "inspect", ref).stdout)
+    return info[0]
+
+
+@pytest.fixture
+def gateway_container(
+    docker: str, images: dict[str, str], tmp_path: pathlib.Path
+) -> Iterator[tuple[str, FakeEngine]]:
+    """The gateway image in static-config mode (host network) in front of a fake Ollama, with
+    the restrictions the chart applies: read-only root, no capabilities, no privilege gain."""
+    with FakeEngine("ollama", tokens=5) as fake:
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "deployments": [
+                        {
+                            "name": "fake",
+                            "engine": "ollama",
+                            "servedModelName": "fake-model",
+                            "endpoints": [fake.url],
+                            "requestLimits": {"maxTokens": 64},
+                        }
+                    ],
+                    "auth": {"keys": [{"name": "test", "key": "sk-image-test-0123456789"}]},
+                }
+            )
+        )
+        config.chmod(0o644)
+        port = free_port()
+        name = f"relais-gateway-test-{uuid.uuid4().hex[:8]}"
+        run(
+            docker, "run", "--detach", "--name", name, "--network", "host",
+            "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges",
+            "--volume", f"{config}:/etc/relais/gateway.yaml:ro",
+            images["gateway"],
+            "--config", "/etc/relais/gateway.yaml", "--host", "127.0.0.1", "--port", str(port),
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(docker, name, url)
+            yield url, fake
+        finally:
+            logs = run(docker, "logs", name, check=False)
+            print(logs.stdout[-3000:], logs.stderr[-3000:])
+            run(docker, "rm", "--force", name, check=False)
+
+
+def wait_healthy(docker: str, name: str, url: str, timeout_s: float = 180) -> None:
+    """Poll /healthz until it answers, failing early when the container exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = run(docker, "inspect", "--format", "{{.State.Running}}", name, check=False)
+        if state.stdout.strip() != "true":
+            logs = run(docker, "logs", name, check=False)
+            pytest.fail(f"the gateway container exited:\n{logs.stdout}\n{logs.stderr}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"the gateway did not answer {url}/healthz within {timeout_s} s")
+
+
+def test_gateway_image_serves_a_chat_request(gateway_container: tuple[str, FakeEngine]) -> None:
+    url, fake = gateway_container
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-image-test-0123456789", timeout=60)
+    answer = client.chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": "hello"}], max_tokens=16
+    )
+    assert answer.choices[0].message.content
+    (received,) = fake.requests_sync()
+    assert received["path"] == "/api/chat"
+    assert received["json"]["model"] == "fake-model"
+    assert received["json"]["messages"] == [{"role": "user", "content": "hello"}]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="sk-wrong", timeout=60).models.list()
+
+
+def test_gateway_image_healthcheck_passes(
+    docker: str, images: dict[str, str], gateway_container: tuple[str, FakeEngine]
+) -> None:
+    """The image's HEALTHCHECK command itself, run in a container next to the gateway."""
+    url, _ = gateway_container
+    test = inspect(docker, images["gateway"])["Config"]["Healthcheck"]["Test"]
+    assert test[0] == "CMD"
+    command = [arg.replace("127.0.0.1:8000", url.removeprefix("http://")) for arg in test[1:]]
+    run(
+        docker,
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--entrypoint",
+        command[0],
+        images["gateway"],
+        *command[1:],
+    )
+
+
+def test_operator_image_entry_point(docker: str, images: dict[str, str]) -> None:
+    result = run(docker, "run", "--rm", "--network", "host", images["operator"], "--help")
+    assert "relais-operator" in result.stdout
+    assert "--namespace" in result.stdout
+    healthcheck = inspect(docker, images["operator"])["Config"]["Healthcheck"]["Test"]
+    assert any(":8080/healthz" in arg for arg in healthcheck)
+
+
+@pytest.mark.parametrize("component", ["operator", "gateway"])
+def test_image_runs_as_numeric_non_root(
+    docker: str, images: dict[str, str], component: str
+) -> None:
+    image = images[component]
+    assert inspect(docker, image)["Config"]["User"] == f"{UID}:{UID}"
+    uid = run(docker, "run", "--rm", "--network", "host", "--entrypoint", "id", image, "-u").stdout
+    assert uid.strip() == UID
+
+
+@pytest.mark.parametrize("component", ["operator", "gateway"])
+def test_image_holds_no_model_weights(docker: str, images: dict[str, str], component: str) -> None:
+    found = run(
+        # As root, so no directory is unreadable to the search.
+        docker, "run", "--rm", "--network", "host", "--user", "0", "--entrypoint", "find",
+        images[component], "/", "-xdev", "-type", "f", "(", "-name", "*.gguf",
+        "-o", "-name", "*.safetensors", "-o", "-name", "*.bin", "-o", "-name", "*.pt",
+        "-o", "-name", "*.onnx", ")",
+        "-size", "+1M",
+    ).stdout  # fmt: skip
+    assert found.strip() == ""
+    source = run(
+        docker, "run", "--rm", "--network", "host", "--entrypoint", "ls", images[component], "/src",
+        check=False,
+    )  # fmt: skip
+    assert source.returncode != 0, "the build context must not reach the runtime stage"
+
+
+@pytest.mark.parametrize("component", ["operator", "gateway"])
+def test_image_size_budget(docker: str, images: dict[str, str], component: str) -> None:
+    image = inspect(docker, images[component])
+    base = inspect(docker, images["base"])
+    added_mb = (image["Size"] - base["Size"]) / MB
+    history = run(
+        docker, "history", "--format", "{{.Size}}\t{{.CreatedBy}}", images[component]
+    ).stdout
+    total_published = added_mb + SLIM_PUBLISHED_MB
+    print(
+        f"\n{component}: layers added {added_mb:.0f} MB on {images['base']} "
+        f"+ python:3.12-slim {SLIM_PUBLISHED_MB} MB published = {total_published:.0f} MB "
+        f"(unpacked slim {SLIM_UNPACKED_MB} MB: {added_mb + SLIM_UNPACKED_MB:.0f} MB); "
+        f"budget {BUDGET_MB} MB\n{history}"
+    )
+    assert total_published <= BUDGET_MB
