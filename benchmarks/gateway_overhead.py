@@ -1,7 +1,8 @@
 """What the gateway adds to latency: direct calls vs calls through it, interleaved in one run.
 
 A fake TGI engine (a subprocess) answers in 50 ms; the real `relais-gateway` CLI (a subprocess,
-static config, auth disabled, log level warning) sits in front of it. For concurrency 1, 32 and
+static config, auth disabled, log level info: one JSON line per request, as in production) sits in
+front of it. For concurrency 1, 32 and
 128, streaming and not, rounds alternate direct / gateway (ABBA) so machine noise hits both.
 Prints p50/p99 and RPS ratios, errors, the time to first token the gateway adds, and whether
 streamed chunks are forwarded unbuffered (inter-chunk gaps through the gateway match direct).
@@ -274,7 +275,7 @@ def run(rounds: int, seconds: float, repeats: int) -> tuple[Results, Gaps]:
             "deployments": [deployment("bench", fake.url), deployment("pace", paced.url)],
             "auth": {"disabled": True},
         }
-        with gateway(config, log_level="warning") as gw:
+        with gateway(config, log_level="info") as gw:
             print(f"fake TGI {fake.url} ({ENGINE_DELAY_MS} ms), gateway {gw}", file=sys.stderr)
             direct = {"direct": fake.url + path, "gateway": gw + path}
             results = asyncio.run(measure(direct, cases, rounds, seconds))

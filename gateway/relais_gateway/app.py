@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from relais_gateway.auth import Authenticator
 from relais_gateway.balancer import Balancer
@@ -60,6 +62,9 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
+        # No cookies: one client serves every caller, so an engine's cookie must not travel to
+        # the next caller's request (and the jar's per-request filtering costs CPU).
+        cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         skip_auto_headers=["Accept-Encoding"],
     )
@@ -67,7 +72,7 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
 
 def create_app(
     settings: Settings, source: BackendSource | None = None, auth: AuthConfig | None = None
-) -> FastAPI:
+) -> GatewayApp:
     """The gateway app. Files named by `settings` are read here, so errors surface at startup."""
     if source is None or auth is None:
         default_source, default_auth = sources_from_settings(settings)
@@ -91,7 +96,7 @@ def create_app(
                 await _drain(balancer, settings.shutdown_grace_s)
                 await source.stop()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Relais gateway",
         summary="One OpenAI- and Ollama-compatible endpoint for every model",
         version=ollama._relais_version(),
@@ -111,13 +116,30 @@ def create_app(
         "/api/chat": ollama.chat,
         "/api/generate": ollama.generate,
     }
-    app.add_middleware(
-        EdgeMiddleware,
+    app.edge = EdgeMiddleware(
+        partial(FastAPI.__call__, app),
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,
         fast_routes=fast_routes,
     )
     return app
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with the edge in front of its whole middleware stack.
+
+    As a Starlette middleware the edge would sit inside FastAPI's server-error, telemetry and
+    body-limit layers, and every ASGI message of the generation routes would pass through them.
+    """
+
+    edge: EdgeMiddleware
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["app"] = self
+            await self.edge(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 async def _drain(balancer: Balancer, grace_s: float) -> None:

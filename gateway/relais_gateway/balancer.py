@@ -27,9 +27,9 @@ class Balancer:
         Ejected replicas are used only when every candidate is ejected (better a likely failure
         than a certain 503).
         """
-        candidates = [r for r in replicas if r not in exclude]
-        if not candidates:
-            return None
+        candidates = [r for r in replicas if r not in exclude] if exclude else list(replicas)
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None  # ejected or not, it is the only one
         now = self._clock()
         healthy = [r for r in candidates if self._ejected_until.get(r, 0.0) <= now]
         pool = healthy or candidates

@@ -1,12 +1,12 @@
-"""The ASGI edge every request passes: request id, body size limit, the request log and metrics.
+"""The ASGI edge every HTTP request passes first: request id, body size limit, request log, metrics.
 
-Pure ASGI. The body is read here, counted against the limit before any parsing (chunked bodies
-too), and replayed to the app.
+Pure ASGI, and outermost: `GatewayApp` calls it before FastAPI's own middleware stack. The body
+is read here, counted against the limit before any parsing (chunked bodies too), and replayed.
 
 It is also the generation routes' fast path: POSTs to those paths call the route's endpoint
-directly (the same function FastAPI registers and documents), skipping routing, dependency
-solving and the exception middleware, which together cost more CPU than the upstream call.
-Errors there are rendered by the same `render_error` as FastAPI's handlers use.
+directly (the same function FastAPI registers and documents), skipping FastAPI's middleware,
+routing, dependency solving and exception middleware, which together cost more CPU than the
+upstream call. Errors there are rendered by the same `render_error` as FastAPI's handlers use.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relais_gateway.errors import GatewayError, PayloadTooLarge, render_error
+from relais_gateway.logs import request_log
 from relais_gateway.metrics import Metrics
 
-log = logging.getLogger("relais_gateway.request")
+log = logging.getLogger("relais_gateway.edge")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -83,26 +84,31 @@ class EdgeMiddleware:
         state["started"] = started
         state["authorization"] = authorization
         rid_header = (b"x-request-id", rid.encode())
-        status = 0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
-            await send(message)
-
         try:
             body_receive = await self._read_body(scope, receive, length)
             endpoint = self.fast_routes.get(scope["path"]) if scope["method"] == "POST" else None
             if body_receive is None:
-                await self._reject_too_large(scope["path"], send_with_id)
+                await self._reject_too_large(scope, rid_header, send)
             elif endpoint is not None:
-                await _call_endpoint(endpoint, scope, body_receive, send_with_id)
+                await _call_endpoint(endpoint, scope, body_receive, send, rid_header)
             else:
-                await self.app(scope, body_receive, send_with_id)
+                await self._call_app(scope, body_receive, send, rid_header)
         finally:
-            self._record(scope, state, status, time.perf_counter() - started)
+            self._record(scope, state, time.perf_counter() - started)
+
+    async def _call_app(
+        self, scope: Scope, receive: Receive, send: Send, rid_header: tuple[bytes, bytes]
+    ) -> None:
+        """Any other route: the FastAPI app, with the request id added to its answer."""
+        state = scope["state"]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
     async def _read_body(self, scope: Scope, receive: Receive, length: int) -> Receive | None:
         """A receive that replays the whole body, or None when it is over the limit."""
@@ -132,30 +138,26 @@ class EdgeMiddleware:
 
         return replay_receive
 
-    async def _reject_too_large(self, path: str, send: Send) -> None:
+    async def _reject_too_large(
+        self, scope: Scope, rid_header: tuple[bytes, bytes], send: Send
+    ) -> None:
         error = PayloadTooLarge(f"request body over the limit of {self.max_body_bytes} bytes")
-        status, _, body = render_error(error, path)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
-        )
+        status, _, body = render_error(error, scope["path"])
+        scope["state"]["status"] = status
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"), rid_header]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _record(self, scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
+    def _record(self, scope: Scope, state: dict[str, Any], elapsed: float) -> None:
         path: str = scope["path"]
         if path not in API_ROUTES:
             return
         model = state.get("model", "")
         known = model if state.get("model_known") else "-"
-        shown = status or 499  # no response started: the client went away
-        self.metrics.requests.labels(path, known, str(shown)).inc()
-        self.metrics.latency.labels(path, known).observe(elapsed)
-        log.info(
-            "request",
-            extra={
+        shown = state.get("status") or 499  # no response started: the client went away
+        self.metrics.observe_request(path, known, str(shown), elapsed)
+        request_log.emit(
+            {
                 "request_id": state["request_id"],
                 "method": scope["method"],
                 "path": path,
@@ -163,19 +165,30 @@ class EdgeMiddleware:
                 "key": state.get("caller"),
                 "status": shown,
                 "latency_ms": round(elapsed * 1000, 2),
-            },
+            }
         )
 
 
-async def _call_endpoint(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+def _error_response(exc: GatewayError, path: str) -> Response:
+    status, headers, body = render_error(exc, path)
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
+async def _call_endpoint(
+    endpoint: Endpoint,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    rid_header: tuple[bytes, bytes],
+) -> None:
     """Run a generation endpoint as FastAPI would, rendering gateway errors the same way."""
     try:
         response = await endpoint(Request(scope, receive))
     except GatewayError as exc:
-        status, headers, body = render_error(exc, scope["path"])
-        response = Response(body, status, headers=headers, media_type="application/json")
+        response = _error_response(exc, scope["path"])
     except Exception:
         log.exception("unexpected error", extra={"path": scope["path"]})
-        status, headers, body = render_error(GatewayError("internal gateway error"), scope["path"])
-        response = Response(body, status, headers=headers, media_type="application/json")
+        response = _error_response(GatewayError("internal gateway error"), scope["path"])
+    response.raw_headers.append(rid_header)
+    scope["state"]["status"] = response.status_code
     await response(scope, receive, send)

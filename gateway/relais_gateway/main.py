@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         http="httptools",
         log_config=None,
         access_log=settings.access_log,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)),
         server_header=False,
         proxy_headers=False,

@@ -7,6 +7,7 @@ from the balancer's counters at scrape time, so the hot path pays nothing for th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -78,3 +79,40 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_InflightCollector(balancer))
+        # `.labels()` hashes and locks on every call; the hot path looks its children up here.
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._model_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    def observe_request(self, route: str, model: str, status: str, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        key = (route, model, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, model, status),
+                self.latency.labels(route, model),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _for_model(self, model: str) -> tuple[Any, Any, Any]:
+        children = self._model_children.get(model)
+        if children is None:
+            children = (
+                self.ttft.labels(model),
+                self.tokens.labels(model, "prompt"),
+                self.tokens.labels(model, "completion"),
+            )
+            self._model_children[model] = children
+        return children
+
+    def observe_ttft(self, model: str, seconds: float) -> None:
+        self._for_model(model)[0].observe(seconds)
+
+    def count_tokens(self, model: str, prompt: int, completion: int) -> None:
+        _, prompt_child, completion_child = self._for_model(model)
+        if prompt:
+            prompt_child.inc(prompt)
+        if completion:
+            completion_child.inc(completion)

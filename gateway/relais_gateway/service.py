@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jsonschema
 import orjson
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 from relais_gateway.auth import Authenticator, Caller
 from relais_gateway.balancer import Balancer
@@ -103,12 +102,16 @@ class Gateway:
 
 
 async def _collect(events: AsyncGenerator[Event, None]) -> Answer:
+    # Runs the generator to its end (rather than closing it at the `Finish`), so the router's
+    # success path runs and no GeneratorExit is thrown through its frames.
     parts: list[str] = []
+    finish = Finish()
     async for event in events:
         if isinstance(event, Finish):
-            return Answer("".join(parts), event)
-        parts.append(event)
-    return Answer("".join(parts), Finish())
+            finish = event
+        else:
+            parts.append(event)
+    return Answer("".join(parts), finish)
 
 
 async def cancel_on_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
@@ -119,27 +122,50 @@ async def cancel_on_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
     """
     task = asyncio.current_task()
     assert task is not None
-    disconnected = False
-
-    async def watch() -> None:
-        nonlocal disconnected
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        disconnected = True
-        task.cancel()
-
-    watcher = asyncio.create_task(watch())
+    watch = _DisconnectWatch(receive, task)
     try:
         return await awaitable
     except asyncio.CancelledError:
-        if disconnected:
+        if watch.disconnected:
             task.uncancel()
             raise ClientClosedRequest("client disconnected") from None
         raise
     finally:
-        watcher.cancel()
-        with suppress(asyncio.CancelledError):
-            await watcher
+        watch.close()
+
+
+class _DisconnectWatch:
+    """Cancels `task` when `receive` reports the client gone.
+
+    A done-callback on one pending `receive()` rather than a watcher coroutine: closing it needs
+    no await, so a finished request does not pay a loop round trip to tear the watcher down.
+    """
+
+    __slots__ = ("_future", "_receive", "_task", "disconnected")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self._receive = receive
+        self._task = task
+        self.disconnected = False
+        self._future = self._arm()
+
+    def _arm(self) -> asyncio.Future[Message]:
+        future = asyncio.ensure_future(self._receive())
+        future.add_done_callback(self._received)
+        return future
+
+    def _received(self, future: asyncio.Future[Message]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        if future.result()["type"] == "http.disconnect":
+            self.disconnected = True
+            self._task.cancel()
+        else:
+            self._future = self._arm()  # a stray body message: keep listening
+
+    def close(self) -> None:
+        self._future.remove_done_callback(self._received)
+        self._future.cancel()
 
 
 def check_json_schema(schema: dict[str, Any], param: str) -> None:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     """Wait for the engine's first byte; for non-streamed requests that is the whole answer."""
     stream_idle_timeout_s: float = Field(default=60.0, gt=0)
     upstream_pool_limit: int = Field(default=1000, gt=0)
+    keep_alive_timeout_s: int = Field(default=75, ge=1)
+    """Idle client connections close after this. Above the idle time of client pools and load
+    balancers, so a reused connection is not closed under a new request (uvicorn's 5 s is not)."""
     eject_cooldown_s: float = Field(default=10.0, ge=0)
     retry_after_s: int = Field(default=5, ge=1)
     """Retry-After sent with 503 when a model has no ready replica."""

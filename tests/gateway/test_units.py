@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+import aiohttp
 import orjson
 import pydantic
 import pytest
+from aiohttp.base_protocol import BaseProtocol
 from relais_gateway.auth import Authenticator, TokenBucket
 from relais_gateway.balancer import Balancer
 from relais_gateway.canonical import Finish, GenerationRequest
 from relais_gateway.config import AuthConfig, StaticConfig
 from relais_gateway.dialects import ollama as ollama_dialect
 from relais_gateway.dialects import openai as openai_dialect
+from relais_gateway.dialects.common import ChunkStreamResponse
 from relais_gateway.engines import ENGINES
 from relais_gateway.errors import (
     AuthenticationFailed,
@@ -28,8 +31,10 @@ from relais_gateway.errors import (
 )
 from relais_gateway.main import parse_args
 from relais_gateway.registry import StaticSource
+from relais_gateway.router import before_network_wait, read_upstream
 from relais_gateway.service import check_structured
 from relais_gateway.settings import Settings
+from starlette.types import Message
 
 
 class Clock:
@@ -308,3 +313,33 @@ def test_error_shapes() -> None:
         }
     }
     assert render_error(error, "/api/chat")[2] == b'{"error":"bad"}'
+
+
+async def test_stream_chunks_leave_together_and_before_each_network_wait() -> None:
+    """What one upstream read produced goes out in one write, before the reader waits again."""
+    loop = asyncio.get_running_loop()
+    reader = aiohttp.StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+    reader.feed_data(b"a\nb\n")
+    sent: list[Message] = []
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        while data := await read_upstream(reader, 5):
+            for line in data.split(b"\n"):
+                if line:
+                    yield line
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message.get("more_body"):  # the reader flushed before waiting: more data arrives
+            reader.feed_data(b"c\n")
+            reader.feed_eof()
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError
+
+    response = ChunkStreamResponse(chunks(), "text/plain", {})
+    await response({"type": "http"}, receive, send)
+    bodies = [(m.get("body"), m.get("more_body", False)) for m in sent[1:]]
+    assert bodies == [(b"ab", True), (b"c", False)]
+    assert before_network_wait.get() is None

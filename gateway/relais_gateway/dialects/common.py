@@ -13,6 +13,7 @@ from relais_gateway.canonical import Event, GenerationRequest
 from relais_gateway.deps import request_id, started
 from relais_gateway.errors import ClientClosedRequest, GatewayError, UpstreamError
 from relais_gateway.registry import Backend
+from relais_gateway.router import before_network_wait
 from relais_gateway.service import Answer, Gateway, cancel_on_disconnect, check_structured
 
 ErrorRenderer = Callable[[GatewayError], bytes]
@@ -53,8 +54,11 @@ def stream_error(exc: Exception) -> GatewayError:
 class ChunkStreamResponse(Response):
     """A streamed 200 whose chunks go out as they come; a client disconnect closes the source.
 
-    Leaner than Starlette's StreamingResponse (one watcher task instead of a task group per
-    stream), with the same guarantee: the upstream generation is cancelled when the client leaves.
+    Chunks produced together (the events of one upstream read) leave in one write: they are held
+    only until the upstream reader is about to wait for the network (`before_network_wait`), and
+    the last ones leave with the end of the body. Leaner than Starlette's StreamingResponse (no
+    task group per stream), with the same guarantee: the generation is cancelled when the client
+    leaves.
     """
 
     def __init__(
@@ -63,16 +67,28 @@ class ChunkStreamResponse(Response):
         super().__init__(None, 200, headers=headers, media_type=media_type)
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.chunks = chunks
+        self._held: list[bytes] = []
+        self._send: Send | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._send = send
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        token = before_network_wait.set(self._flush)
         try:
-            await cancel_on_disconnect(receive, self._send_chunks(send))
+            await cancel_on_disconnect(receive, self._hold_chunks())
         except ClientClosedRequest:
             return  # nobody is listening; the source was closed on the way out
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            before_network_wait.reset(token)
+        await send({"type": "http.response.body", "body": b"".join(self._held)})
 
-    async def _send_chunks(self, send: Send) -> None:
+    async def _hold_chunks(self) -> None:
         async with aclosing(self.chunks):
             async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self._held.append(chunk)
+
+    async def _flush(self) -> None:
+        if self._held and self._send is not None:
+            body = b"".join(self._held)
+            self._held.clear()
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
