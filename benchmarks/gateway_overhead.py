@@ -7,8 +7,10 @@ front of it. For concurrency 1, 32 and
 Prints p50/p99 and RPS ratios, errors, the time to first token the gateway adds, and whether
 streamed chunks are forwarded unbuffered (inter-chunk gaps through the gateway match direct).
 Targets print PASS/FAIL; nothing asserts. `--quick` is a smoke run of a few seconds.
+`--reference` also measures a featureless uvicorn + aiohttp proxy (benchmarks/bare_proxy.py) in
+the same rounds: the floor any Python proxy on this machine pays, printed beside the gateway.
 
-    python benchmarks/gateway_overhead.py [--quick] [--rounds N] [--round-seconds S]
+    python benchmarks/gateway_overhead.py [--quick] [--reference] [--rounds N] [--round-seconds S]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -33,7 +36,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from tests.fakes.process import FakeEngine
-from tests.fakes.servers import gateway
+from tests.fakes.servers import free_port, gateway, run_server
 
 ENGINE_DELAY_MS = 50
 CONCURRENCIES = (1, 32, 128)
@@ -81,7 +84,7 @@ def request_body(model: str, stream: bool) -> bytes:
     ).encode()
 
 
-Results = dict[Case, dict[str, Sample]]  # per case: "direct" and "gateway"
+Results = dict[Case, dict[str, Sample]]  # per case: "direct", "gateway" (and "bare")
 Gaps = dict[str, list[float]]  # per target: inter-chunk gaps (s) of paced streams
 
 
@@ -143,17 +146,16 @@ def session() -> aiohttp.ClientSession:
 async def measure(
     targets: dict[str, str], cases: list[Case], rounds: int, seconds: float
 ) -> Results:
-    """Every case, rounds alternating the targets' order (ABBA), after a warm-up."""
+    """Every case, rounds rotating the targets' order, after a warm-up."""
     results: Results = {}
     async with session() as direct_session, session() as gateway_session:
-        sessions = {"direct": direct_session, "gateway": gateway_session}
+        sessions = {"direct": direct_session, "gateway": gateway_session, "bare": gateway_session}
         for name, url in targets.items():  # warm both pools and the gateway's upstream pool
             await run_round(sessions[name], url, Case(32, False), 0.3, Sample())
         for case in cases:
             samples = {name: Sample() for name in targets}
             for index in range(rounds):
-                order = list(targets) if index % 2 == 0 else list(reversed(targets))
-                for name in order:
+                for name in rotated(list(targets), index):
                     await run_round(sessions[name], targets[name], case, seconds, samples[name])
             results[case] = samples
             print(f"  measured {case.name}", file=sys.stderr, flush=True)
@@ -176,6 +178,12 @@ async def pacing(targets: dict[str, str], repeats: int) -> Gaps:
 # ---------------------------------------------------------------- report
 
 
+def rotated(names: list[str], index: int) -> list[str]:
+    """The targets in round `index`'s order: each goes first as often as the others."""
+    shift = index % len(names)
+    return names[shift:] + names[:shift]
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -195,6 +203,13 @@ def table(results: Results) -> Iterator[str]:
             f" {g.rps:>6.0f} {g.error_count:>4} | {ratio(g.pct(0.5), d.pct(0.5)):>6.3f}"
             f" {ratio(g.pct(0.99), d.pct(0.99)):>6.3f} {ratio(g.rps, d.rps):>6.3f}"
         )
+        if "bare" in s:
+            b = s["bare"]
+            yield (
+                f"{'  bare proxy':<11}|{'':>30}|{b.pct(0.5) * 1e3:>10.1f}/{b.pct(0.99) * 1e3:<8.1f}"
+                f" {b.rps:>6.0f} {b.error_count:>4} | {ratio(b.pct(0.5), d.pct(0.5)):>6.3f}"
+                f" {ratio(b.pct(0.99), d.pct(0.99)):>6.3f} {ratio(b.rps, d.rps):>6.3f}"
+            )
 
 
 def error_lines(results: Results) -> Iterator[str]:
@@ -205,8 +220,8 @@ def error_lines(results: Results) -> Iterator[str]:
                 yield f"  errors {case.name.strip()} {name}: {count} x {kind}"
 
 
-def added_ttft_ms(samples: dict[str, Sample]) -> float:
-    d, g = samples["direct"], samples["gateway"]
+def added_ttft_ms(samples: dict[str, Sample], via: str = "gateway") -> float:
+    d, g = samples["direct"], samples[via]
     return (g.pct(0.5, g.ttfts) - d.pct(0.5, d.ttfts)) * 1e3
 
 
@@ -255,6 +270,9 @@ def _check(label: str, value: float, limit: float) -> Iterator[tuple[str, bool]]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smoke run: short rounds")
+    parser.add_argument(
+        "--reference", action="store_true", help="also measure a featureless proxy (the floor)"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="rounds per target and case")
     parser.add_argument("--round-seconds", type=float, default=1.5)
     return parser.parse_args(argv)
@@ -264,8 +282,19 @@ def deployment(name: str, url: str) -> dict[str, Any]:
     return {"name": name, "engine": "tgi", "servedModelName": name, "endpoints": [url]}
 
 
-def run(rounds: int, seconds: float, repeats: int) -> tuple[Results, Gaps]:
-    """Start the fakes and the gateway, measure, stop everything."""
+@contextlib.contextmanager
+def bare_proxy(upstreams: dict[str, str]) -> Iterator[str]:
+    """The reference proxy as a subprocess; yields its URL."""
+    port = free_port()
+    script = Path(__file__).with_name("bare_proxy.py")
+    command = [sys.executable, str(script), json.dumps(upstreams), str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with run_server(command, url + "/healthz", timeout_s=60):
+        yield url
+
+
+def run(rounds: int, seconds: float, repeats: int, reference: bool) -> tuple[Results, Gaps]:
+    """Start the fakes, the gateway (and the reference proxy), measure, stop everything."""
     cases = [Case(c, s) for s in (False, True) for c in CONCURRENCIES]
     load: dict[str, Any] = {"delay_ms": ENGINE_DELAY_MS, "first_token_delay_ms": ENGINE_DELAY_MS}
     pace: dict[str, Any] = {"first_token_delay_ms": PACE_GAP_MS, "token_delay_ms": PACE_GAP_MS}
@@ -275,10 +304,14 @@ def run(rounds: int, seconds: float, repeats: int) -> tuple[Results, Gaps]:
             "deployments": [deployment("bench", fake.url), deployment("pace", paced.url)],
             "auth": {"disabled": True},
         }
-        with gateway(config, log_level="info") as gw:
+        with contextlib.ExitStack() as stack:
+            gw = stack.enter_context(gateway(config, log_level="info"))
             print(f"fake TGI {fake.url} ({ENGINE_DELAY_MS} ms), gateway {gw}", file=sys.stderr)
-            direct = {"direct": fake.url + path, "gateway": gw + path}
-            results = asyncio.run(measure(direct, cases, rounds, seconds))
+            targets = {"direct": fake.url + path, "gateway": gw + path}
+            if reference:
+                bare = stack.enter_context(bare_proxy({"bench": fake.url, "pace": paced.url}))
+                targets["bare"] = bare + path
+            results = asyncio.run(measure(targets, cases, rounds, seconds))
             paced_targets = {"direct": paced.url + path, "gateway": gw + path}
             gaps = asyncio.run(pacing(paced_targets, repeats))
     return results, gaps
@@ -288,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rounds, seconds, repeats = (2, 0.3, 2) if args.quick else (args.rounds, args.round_seconds, 8)
     started = time.perf_counter()
-    results, gaps = run(rounds, seconds, repeats)
+    results, gaps = run(rounds, seconds, repeats, args.reference)
     print(
         f"\ngateway overhead: {os.cpu_count()} CPUs, Python {platform.python_version()}, fake TGI"
         f" answering in {ENGINE_DELAY_MS} ms; {rounds} interleaved rounds x {seconds:g} s"
@@ -298,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     ttft = [f"c={c.concurrency} +{added_ttft_ms(s):.2f} ms" for c, s in results.items() if c.stream]
     print("\nstreaming: time to first token the gateway adds (p50): " + ", ".join(ttft))
+    if args.reference:
+        bare = [
+            f"c={c.concurrency} +{added_ttft_ms(s, 'bare'):.2f} ms"
+            for c, s in results.items()
+            if c.stream
+        ]
+        print("streaming: time to first token the bare proxy adds (p50): " + ", ".join(bare))
     for line in error_lines(results):
         print(line)
     print("\ntargets (issue 3):")
