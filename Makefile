@@ -12,7 +12,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: help install lint typecheck unit test demo manifests check-manifests images e2e-kind bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
 $(VENV)/.installed: pyproject.toml constraints.txt hack/install-tools.sh
 	@echo ">> creating $(VENV) and installing Relais with its test tools (llama-cpp-python compiles: ~6 min the first time)"
@@ -31,8 +31,8 @@ lint: install ## ruff lint and format check
 typecheck: install ## mypy --strict
 	$(BIN)/mypy
 
-unit: install ## only the fast tests (no processes, no docker)
-	$(BIN)/pytest -q -m 'not docker and not real_model and not cluster' tests/operator/test_resources.py
+unit: install ## only the pure unit tests (no processes, no docker)
+	$(BIN)/pytest -q tests/operator/test_resources.py tests/operator/test_status.py tests/operator/test_crd.py tests/gateway/test_units.py
 
 test: install lint typecheck ## install, lint, typecheck and run every test
 	$(BIN)/pytest
@@ -53,7 +53,7 @@ e2e-kind: install ## kind end-to-end: cluster, images, helm install, example mod
 	deploy/kind/e2e.sh
 
 bench: install ## run the benchmarks (figures printed side by side)
-	$(PY) benchmarks/gateway_overhead.py
+	$(PY) benchmarks/gateway_overhead.py --reference
 	$(PY) benchmarks/operator_scale.py
 
 clean: ## remove the virtualenv and caches
