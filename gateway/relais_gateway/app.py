@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from relais_gateway.admission import Admission
 from relais_gateway.auth import Authenticator
 from relais_gateway.balancer import Balancer
 from relais_gateway.config import AuthConfig, load_auth_file, load_static_config
@@ -30,9 +31,9 @@ from relais_gateway.edge import EdgeMiddleware
 from relais_gateway.errors import GatewayError, from_validation, render_error
 from relais_gateway.metrics import Metrics
 from relais_gateway.registry import BackendSource, StaticSource
-from relais_gateway.router import Router
 from relais_gateway.service import Gateway
 from relais_gateway.settings import Settings
+from relais_gateway.upstream import Upstream
 
 log = logging.getLogger("relais_gateway")
 
@@ -79,14 +80,20 @@ def create_app(
         source = source or default_source
         auth = auth or default_auth
     balancer = Balancer(settings.eject_cooldown_s)
-    metrics = Metrics(balancer)
+    admission = Admission(
+        settings.max_waiting_requests, settings.queue_timeout_s, settings.retry_after_s
+    )
+    metrics = Metrics(balancer, admission)
+    admission.on_wait = metrics.observe_wait
     authenticator = Authenticator(auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with upstream_session(settings) as session:
-            router = Router(session, settings, balancer, metrics)
-            gateway = Gateway(settings, source, authenticator, balancer, metrics, router)
+            upstream = Upstream(session, settings, balancer, metrics)
+            gateway = Gateway(
+                settings, source, authenticator, balancer, metrics, upstream, admission
+            )
             app.state.gateway = gateway
             await source.start()
             try:
@@ -107,14 +114,17 @@ def create_app(
     app.state.settings = settings
     app.include_router(openai.router)
     app.include_router(ollama.router)
+    app.include_router(ollama.root_router)
     _document_request_bodies(app, openai.REQUEST_MODELS + ollama.REQUEST_MODELS)
     _add_operational_routes(app, metrics)
     _add_error_handlers(app)
     fast_routes = {
         "/v1/chat/completions": openai.chat_completions,
         "/v1/completions": openai.completions,
+        "/v1/embeddings": openai.embeddings,
         "/api/chat": ollama.chat,
         "/api/generate": ollama.generate,
+        "/api/embed": ollama.embed,
     }
     app.edge = EdgeMiddleware(
         partial(FastAPI.__call__, app),

@@ -6,10 +6,12 @@ Field names follow the LLMDeployment spec (camelCase), so one file reads like th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from relais_gateway.balancer import RoutingPolicy
 
 
 class _Strict(BaseModel):
@@ -23,14 +25,30 @@ class RequestLimits(_Strict):
     maxConcurrentRequests: int | None = Field(default=None, gt=0)
 
 
+class Routing(_Strict):
+    """How requests pick a replica: the LLMDeployment's `routing` block."""
+
+    strategy: Literal["PrefixHash", "LeastLoad"] = "PrefixHash"
+    prefixCharLength: int = Field(default=100, ge=1)
+    loadFactor: float = Field(default=1.25, ge=1.0)
+
+    def policy(self) -> RoutingPolicy:
+        return RoutingPolicy(self.strategy, self.prefixCharLength, self.loadFactor)
+
+
 class StaticDeployment(_Strict):
-    """One model: its engine, its served name and the replicas' base URLs."""
+    """One model: its engine, its names and the replicas' base URLs."""
 
     name: str = Field(min_length=1)
-    engine: str = "ollama"
+    engine: Literal["ollama", "tgi", "vllm", "openai"] = "ollama"
     servedModelName: str = Field(min_length=1)
+    """The name clients send as `model`."""
+    model: str | None = Field(default=None, min_length=1)
+    """The engine's own name for the model (an Ollama tag, vLLM's --served-model-name);
+    defaults to `servedModelName`."""
     endpoints: list[str] = Field(default_factory=list)
     requestLimits: RequestLimits = Field(default_factory=RequestLimits)
+    routing: Routing = Field(default_factory=Routing)
 
     @field_validator("endpoints")
     @classmethod

@@ -33,13 +33,19 @@ API_ROUTES = frozenset(
     {
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/embeddings",
         "/v1/models",
         "/api/chat",
         "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/show",
         "/api/tags",
+        "/api/ps",
         "/api/version",
     }
 )
+"""Routes counted in the request metrics and log by their own path (others: by prefix)."""
 
 
 def _valid_request_id(value: str) -> bool:
@@ -150,12 +156,15 @@ class EdgeMiddleware:
 
     def _record(self, scope: Scope, state: dict[str, Any], elapsed: float) -> None:
         path: str = scope["path"]
+        route = path
         if path not in API_ROUTES:
-            return
+            if not (path.startswith("/v1/") and "model" in state):
+                return
+            route = "/v1/*"  # forwarded routes: one label, whatever clients send
         model = state.get("model", "")
         known = model if state.get("model_known") else "-"
         shown = state.get("status") or 499  # no response started: the client went away
-        self.metrics.observe_request(path, known, str(shown), elapsed)
+        self.metrics.observe_request(route, known, str(shown), elapsed)
         request_log.emit(
             {
                 "request_id": state["request_id"],

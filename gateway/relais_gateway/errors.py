@@ -59,6 +59,12 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
 
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -150,34 +156,74 @@ def render_error(exc: GatewayError, path: str) -> tuple[int, dict[str, str], byt
 RETRYABLE_STATUSES = frozenset({502, 503})
 
 
-def from_engine_status(status: int, text: str) -> GatewayError:
+class NotSupported(GatewayError):
+    """The model's engine does not offer this feature (TGI has no embeddings)."""
+
+    status = 501
+    type = "invalid_request_error"
+    code = "not_supported"
+
+
+class EngineRejected(GatewayError):
+    """The engine refused the request (4xx): its status and message are passed on."""
+
+    type = "invalid_request_error"
+    code = "engine_rejected_request"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def engine_message(body: bytes) -> str:
+    """The human message in an engine's error body, whatever its shape.
+
+    OpenAI and vLLM: `{"error": {"message": ...}}`; Ollama and TGI: `{"error": "..."}`;
+    older vLLM: `{"message": ...}`; anything else: the text itself.
+    """
+    text = body.decode(errors="replace").strip()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return text[:500]
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:500]
+        for value in (error, data.get("message"), data.get("detail")):
+            if isinstance(value, str) and value:
+                return value[:500]
+    return text[:500]
+
+
+def from_engine_status(status: int, body: bytes) -> GatewayError:
     """Map an engine's non-2xx answer to a gateway error (502/503 retryable, 4xx passed on)."""
-    detail = f"engine answered {status}: {text[:300]}"
+    detail = f"engine answered {status}: {engine_message(body)}"
     if status in RETRYABLE_STATUSES:
         return UpstreamError(detail, status=status, retryable=True)
-    if status == 404:
-        return ModelNotFound(detail)
     if status == 429:
         return RateLimited(detail, retry_after_s=1, code="engine_overloaded")
     if 400 <= status < 500:
-        return InvalidRequest(detail, code="engine_rejected_request")
+        return EngineRejected(detail, status=status)
     if status == 504:
         return UpstreamTimeout(detail)
     return UpstreamError(detail)
 
 
 def map_upstream(exc: BaseException, replica: str) -> GatewayError | None:
-    """The gateway error for a failure talking to `replica` (the one place that maps them)."""
+    """The gateway error for a failure talking to `replica` (the one place that maps them).
+
+    Connection failures (refused, reset, dropped mid-answer) are `retryable`: the upstream layer
+    retries them on another replica as long as no byte reached the client.
+    """
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"engine {replica} timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError):
-        # Nothing was generated for the client yet when these happen before the answer starts;
-        # the caller only retries before the first byte went out.
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError(
-            f"cannot reach engine {replica}: {type(exc).__name__}", status=502, retryable=True
+            f"cannot reach engine {replica}: {exc.os_error!r}"[:300], retryable=True
         )
     if isinstance(exc, aiohttp.ClientError | asyncio.IncompleteReadError | ConnectionError):
-        return UpstreamError(f"engine {replica} failed: {type(exc).__name__}")
+        return UpstreamError(f"engine {replica} failed: {type(exc).__name__}", retryable=True)
     if isinstance(exc, KeyError | TypeError | ValueError):  # JSON decoding and shape errors
         return UpstreamError(f"engine {replica} sent a malformed answer: {exc!r}"[:300])
     return None

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from relais_gateway.balancer import RoutingPolicy
 from relais_gateway.engines import ENGINES
 from relais_gateway.registry import Backend, MemorySource
 
@@ -113,11 +114,19 @@ def _backend(llmd: Obj, by_service: Mapping[tuple[str, str], list[Obj]]) -> Back
         )
         return None
     limits = spec.get("requestLimits") or {}
+    routing = spec.get("routing") or {}
     return Backend(
         name=name,
         namespace=namespace,
         engine=str(engine),
         model=model,
+        # Ollama knows the tag it pulled; vLLM is started with --served-model-name.
+        engine_model=model if engine == "vllm" else str(spec.get("model") or model),
+        routing=RoutingPolicy(
+            strategy="LeastLoad" if routing.get("strategy") == "LeastLoad" else "PrefixHash",
+            prefix_char_length=int(routing.get("prefixCharLength") or 100),
+            load_factor=float(routing.get("loadFactor") or 1.25),
+        ),
         replicas=ready_urls(by_service.get((namespace, name), ())),
         max_tokens=_positive(limits.get("maxTokens")),
         max_concurrent=_positive(limits.get("maxConcurrentRequests")),

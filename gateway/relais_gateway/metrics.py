@@ -10,19 +10,23 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from relais_gateway.admission import Admission
 from relais_gateway.balancer import Balancer
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class _InflightCollector(Collector):
-    def __init__(self, balancer: Balancer) -> None:
-        self._balancer = balancer
+    """In-flight and waiting requests, and routing decisions, read from their counters."""
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def __init__(self, balancer: Balancer, admission: Admission) -> None:
+        self._balancer = balancer
+        self._admission = admission
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         by_replica = GaugeMetricFamily(
             "relais_gateway_inflight_requests",
             "Requests in flight to each engine replica (endpoint).",
@@ -37,14 +41,32 @@ class _InflightCollector(Collector):
         )
         for model, count in sorted(self._balancer.inflight_by_model.items()):
             by_model.add_metric([model], count)
+        waiting = GaugeMetricFamily(
+            "relais_gateway_waiting_requests",
+            "Requests waiting per served model, for a concurrency slot or for a replica to start"
+            " (with in-flight requests, the autoscaling signal).",
+            labels=["model"],
+        )
+        for model, count in sorted(self._admission.waiting.items()):
+            waiting.add_metric([model], count)
+        decisions = CounterMetricFamily(
+            "relais_gateway_routing_decisions",
+            "Replica choices by routing strategy, and whether the first choice was taken"
+            " (PrefixHash: the prefix's own replica on the ring, not one past its load bound).",
+            labels=["strategy", "first_choice"],
+        )
+        for (strategy, first), count in sorted(self._balancer.decisions.items()):
+            decisions.add_metric([strategy, first], count)
         yield by_replica
         yield by_model
+        yield waiting
+        yield decisions
 
 
 class Metrics:
     """The gateway's metric families, registered in their own registry."""
 
-    def __init__(self, balancer: Balancer) -> None:
+    def __init__(self, balancer: Balancer, admission: Admission) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "relais_gateway_requests",
@@ -78,7 +100,20 @@ class Metrics:
             ["endpoint"],
             registry=self.registry,
         )
-        self.registry.register(_InflightCollector(balancer))
+        self.wait = Histogram(
+            "relais_gateway_wait_seconds",
+            "Time requests waited before reaching an engine (for a slot or a replica).",
+            ["model"],
+            buckets=(*LATENCY_BUCKETS, 600),
+            registry=self.registry,
+        )
+        self.cold_starts = Counter(
+            "relais_gateway_cold_starts",
+            "Times the gateway asked for a first replica of a model scaled to zero.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.registry.register(_InflightCollector(balancer, admission))
         # `.labels()` hashes and locks on every call; the hot path looks its children up here.
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._model_children: dict[str, tuple[Any, Any, Any]] = {}
@@ -106,6 +141,9 @@ class Metrics:
             )
             self._model_children[model] = children
         return children
+
+    def observe_wait(self, model: str, seconds: float) -> None:
+        self.wait.labels(model).observe(seconds)
 
     def observe_ttft(self, model: str, seconds: float) -> None:
         self._for_model(model)[0].observe(seconds)

@@ -10,22 +10,36 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from relais_gateway.balancer import LEAST_LOAD, RoutingPolicy
 from relais_gateway.config import StaticDeployment
-from relais_gateway.engines import ENGINES
+from relais_gateway.engines import ENGINES, Engine
 
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """One servable model: its engine, limits and the base URLs of its ready replicas."""
+    """One servable model: its engine, limits, routing and the base URLs of its ready replicas."""
 
     name: str
     engine: str
     model: str
-    """The served model name: what clients put in `model` and what the engine is asked for."""
+    """The served model name: what clients put in `model`."""
+    engine_model: str = ""
+    """What the engine itself calls the model (Ollama: the tag it pulled); default `model`."""
     replicas: tuple[str, ...] = ()
     max_tokens: int | None = None
     max_concurrent: int | None = None
     namespace: str | None = None
+    routing: RoutingPolicy = LEAST_LOAD
+
+    @property
+    def upstream_model(self) -> str:
+        """The `model` to put in requests forwarded to the engine."""
+        return self.engine_model or self.model
+
+    @property
+    def kind(self) -> Engine:
+        """The engine's entry in the engine table."""
+        return ENGINES[self.engine]
 
 
 class BackendSource(Protocol):
@@ -98,9 +112,11 @@ def backend_from_static(deployment: StaticDeployment) -> Backend:
         name=deployment.name,
         engine=deployment.engine,
         model=deployment.servedModelName,
+        engine_model=deployment.model or deployment.servedModelName,
         replicas=tuple(deployment.endpoints),
         max_tokens=deployment.requestLimits.maxTokens,
         max_concurrent=deployment.requestLimits.maxConcurrentRequests,
+        routing=deployment.routing.policy(),
     )
 
 

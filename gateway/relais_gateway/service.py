@@ -1,44 +1,39 @@
-"""The dialect-independent request service the routes call: admit, generate, collect, check.
+"""The dialect-independent request service the routes call: admit, wait, forward, check.
 
-`admit` applies the model, key and limit checks; `first_event`/`collect` run the generation and
-cancel it when the client disconnects; `check_structured` validates a final JSON answer.
+`admit` applies the model, key and limit checks; `whole` and `open_stream` take a concurrency
+slot (waiting in line when the model is at its limit), send the body to a replica and hand back
+the engine's bytes; a client that disconnects cancels its request wherever it is.
+`check_structured` validates a final JSON answer against the schema the client asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Awaitable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jsonschema
 import orjson
 from starlette.types import Message, Receive
 
+from relais_gateway.admission import Admission
 from relais_gateway.auth import Authenticator, Caller
 from relais_gateway.balancer import Balancer
-from relais_gateway.canonical import Event, Finish, GenerationRequest
 from relais_gateway.errors import (
     ClientClosedRequest,
     InvalidModelOutput,
     InvalidRequest,
     ModelNotFound,
-    NoReadyReplica,
+    NotSupported,
 )
 from relais_gateway.metrics import Metrics
 from relais_gateway.registry import Backend, BackendSource
-from relais_gateway.router import Router
 from relais_gateway.settings import Settings
+from relais_gateway.upstream import Reply, Upstream
 
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class Answer:
-    """A whole (non-streamed) generation."""
-
-    text: str
-    finish: Finish
+Json = dict[str, Any]
 
 
 class Gateway:
@@ -51,14 +46,16 @@ class Gateway:
         authenticator: Authenticator,
         balancer: Balancer,
         metrics: Metrics,
-        router: Router,
+        upstream: Upstream,
+        admission: Admission,
     ) -> None:
         self.settings = settings
         self.source = source
         self.authenticator = authenticator
         self.balancer = balancer
         self.metrics = metrics
-        self.router = router
+        self.upstream = upstream
+        self.admission = admission
         self.draining = False
 
     def visible_backends(self, caller: Caller) -> list[Backend]:
@@ -66,7 +63,7 @@ class Gateway:
         return [b for b in self.source.backends() if caller.allows(b.model)]
 
     def admit(self, caller: Caller, model: str, max_tokens: int | None) -> Backend:
-        """The backend for `model` after every pre-flight check (404, 403, 429, 400, 503)."""
+        """The backend for `model` after the pre-flight checks (404, 403, 429, 400)."""
         backend = self.source.resolve(model)
         if backend is None:
             raise ModelNotFound(f"model {model!r} not found", param="model")
@@ -78,40 +75,85 @@ class Gateway:
                 param="max_tokens",
                 code="max_tokens_exceeded",
             )
-        if not backend.replicas:
-            raise NoReadyReplica(
-                f"model {model!r} has no ready replica", retry_after_s=self.settings.retry_after_s
-            )
         return backend
 
-    def events(
-        self, backend: Backend, req: GenerationRequest, request_id: str, started: float
-    ) -> AsyncGenerator[Event, None]:
-        """The generation's events (close the iterator when done)."""
-        if req.max_tokens is None:
-            req.max_tokens = backend.max_tokens  # bound every generation by the deployment
-        return self.router.generate(backend, req, request_id, started)
+    @staticmethod
+    def require(backend: Backend, path: str) -> None:
+        """501 when the model's engine does not serve `path` (TGI has no embeddings)."""
+        if path in backend.kind.lacks:
+            raise NotSupported(
+                f"model {backend.model!r} is served by {backend.engine}, which does not support"
+                f" {path}",
+            )
 
-    async def first_event(self, events: AsyncGenerator[Event, None], receive: Receive) -> Event:
-        """The first event; errors before it become plain HTTP errors (the stream has not begun)."""
-        return await cancel_on_disconnect(receive, anext(events))
+    async def whole(
+        self,
+        backend: Backend,
+        path: str,
+        body: Json,
+        receive: Receive,
+        rid: str,
+        started: float,
+        prefix: str = "",
+    ) -> Reply:
+        """Forward a non-streamed request; the engine's whole 200 answer."""
+        return await cancel_on_disconnect(
+            receive, self._whole(backend, path, orjson.dumps(body), rid, started, prefix)
+        )
 
-    async def collect(self, events: AsyncGenerator[Event, None], receive: Receive) -> Answer:
-        """The whole answer of a non-streamed generation."""
-        return await cancel_on_disconnect(receive, _collect(events))
+    async def _whole(
+        self, backend: Backend, path: str, payload: bytes, rid: str, started: float, prefix: str
+    ) -> Reply:
+        await self._enter(backend)
+        try:
+            reply = await self.upstream.whole(backend, path, payload, rid, prefix)
+        finally:
+            self._leave(backend)
+        self.metrics.observe_ttft(backend.model, time.perf_counter() - started)
+        return reply
 
+    async def lookup(self, backend: Backend, path: str, body: Json, rid: str) -> Reply:
+        """A metadata call (e.g. Ollama's /api/show): no concurrency slot, no generation metrics."""
+        return await self.upstream.whole(backend, path, orjson.dumps(body), rid)
 
-async def _collect(events: AsyncGenerator[Event, None]) -> Answer:
-    # Runs the generator to its end (rather than closing it at the `Finish`), so the router's
-    # success path runs and no GeneratorExit is thrown through its frames.
-    parts: list[str] = []
-    finish = Finish()
-    async for event in events:
-        if isinstance(event, Finish):
-            finish = event
-        else:
-            parts.append(event)
-    return Answer("".join(parts), finish)
+    async def open_stream(
+        self,
+        backend: Backend,
+        path: str,
+        body: Json,
+        receive: Receive,
+        rid: str,
+        started: float,
+        prefix: str = "",
+    ) -> tuple[bytes, AsyncGenerator[bytes, None]]:
+        """Start a streamed request: its first chunk (errors before it are plain HTTP errors)
+        and the generator of the rest (the caller closes it)."""
+        chunks = self._stream(backend, path, orjson.dumps(body), rid, prefix)
+        try:
+            first = await cancel_on_disconnect(receive, anext(chunks))
+        except BaseException:
+            await chunks.aclose()
+            raise
+        self.metrics.observe_ttft(backend.model, time.perf_counter() - started)
+        return first, chunks
+
+    async def _stream(
+        self, backend: Backend, path: str, payload: bytes, rid: str, prefix: str
+    ) -> AsyncGenerator[bytes, None]:
+        await self._enter(backend)
+        try:
+            async for chunk in self.upstream.stream(backend, path, payload, rid, prefix):
+                yield chunk
+        finally:
+            self._leave(backend)
+
+    async def _enter(self, backend: Backend) -> None:
+        await self.admission.acquire(backend.model, backend.max_concurrent)
+        self.balancer.begin_model(backend.model)
+
+    def _leave(self, backend: Backend) -> None:
+        self.balancer.end_model(backend.model)
+        self.admission.release(backend.model)
 
 
 async def cancel_on_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
@@ -168,8 +210,10 @@ class _DisconnectWatch:
         self._future.cancel()
 
 
-def check_json_schema(schema: dict[str, Any], param: str) -> None:
+def check_json_schema(schema: Any, param: str) -> None:
     """400 when a client's JSON schema is itself invalid."""
+    if not isinstance(schema, dict):
+        raise InvalidRequest("the JSON schema must be an object", param=param)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:

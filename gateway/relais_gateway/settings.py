@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     balancers, so a reused connection is not closed under a new request (uvicorn's 5 s is not)."""
     eject_cooldown_s: float = Field(default=10.0, ge=0)
     retry_after_s: int = Field(default=5, ge=1)
-    """Retry-After sent with 503 when a model has no ready replica."""
+    """Retry-After of a 503 (no ready replica) and of a 429 (the model's queue is full)."""
+    max_waiting_requests: int = Field(default=100, ge=0)
+    """Requests that may wait per model (for a concurrency slot, or for a replica to start)."""
+    queue_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a request over `maxConcurrentRequests` waits for a slot before its 429."""
+    cold_start_timeout_s: float = Field(default=600.0, gt=0)
+    """How long a request waits for a model scaled to zero to get a ready replica (a GPU node
+    from zero takes minutes) before its 503."""
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """How long shutdown waits for in-flight requests and streams to finish."""

@@ -73,19 +73,34 @@ class GatewayServer:
         return gateway
 
 
+TGI_ENGINE_MODEL = "fake-org/fake-model"  # the model id the fake TGI serves and reports
+
+
 def deployment(
-    name: str, engine: str, model: str, urls: list[str], **limits: Any
+    name: str,
+    engine: str,
+    model: str,
+    urls: list[str],
+    engine_model: str | None = None,
+    routing: dict[str, Any] | None = None,
+    **limits: Any,
 ) -> StaticDeployment:
-    """A static deployment entry; `limits` are requestLimits fields."""
-    return StaticDeployment.model_validate(
-        {
-            "name": name,
-            "engine": engine,
-            "servedModelName": model,
-            "endpoints": urls,
-            "requestLimits": {"maxTokens": MAX_TOKENS, **limits},
-        }
-    )
+    """A static deployment entry; `limits` are requestLimits fields. TGI's engine model is the
+    id the fake reports, as a real TGI reports its `--model-id`."""
+    if engine_model is None and engine == "tgi":
+        engine_model = TGI_ENGINE_MODEL
+    entry: dict[str, Any] = {
+        "name": name,
+        "engine": engine,
+        "servedModelName": model,
+        "endpoints": urls,
+        "requestLimits": {"maxTokens": MAX_TOKENS, **limits},
+    }
+    if engine_model is not None:
+        entry["model"] = engine_model
+    if routing is not None:
+        entry["routing"] = routing
+    return StaticDeployment.model_validate(entry)
 
 
 @pytest.fixture(scope="session")

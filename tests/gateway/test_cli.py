@@ -122,7 +122,7 @@ def test_sigterm_drains_a_stream(
         ("deployments: []\n", "auth"),
         (
             "deployments: [{name: a, servedModelName: m, engine: nope}]\nauth: {disabled: true}\n",
-            "unknown engine",
+            "deployments.0.engine",
         ),
         ("deployments: [\n", "expected"),
     ],

@@ -1,10 +1,9 @@
-"""Pure unit tests: config, auth, balancer, engine adapters, dialect conversions, error shapes."""
+"""Pure unit tests: config, auth, balancer, the engine table, engine errors, error shapes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
 
 import aiohttp
 import orjson
@@ -13,10 +12,7 @@ import pytest
 from aiohttp.base_protocol import BaseProtocol
 from relais_gateway.auth import Authenticator, TokenBucket
 from relais_gateway.balancer import Balancer
-from relais_gateway.canonical import Finish, GenerationRequest
 from relais_gateway.config import AuthConfig, StaticConfig
-from relais_gateway.dialects import ollama as ollama_dialect
-from relais_gateway.dialects import openai as openai_dialect
 from relais_gateway.dialects.common import ChunkStreamResponse
 from relais_gateway.engines import ENGINES
 from relais_gateway.errors import (
@@ -26,14 +22,15 @@ from relais_gateway.errors import (
     PermissionDenied,
     RateLimited,
     UpstreamError,
+    engine_message,
     from_engine_status,
     render_error,
 )
 from relais_gateway.main import parse_args
 from relais_gateway.registry import StaticSource
-from relais_gateway.router import before_network_wait, read_upstream
 from relais_gateway.service import check_structured
 from relais_gateway.settings import Settings
+from relais_gateway.upstream import before_network_wait, read_upstream
 from starlette.types import Message
 
 
@@ -65,15 +62,24 @@ def test_static_config_validates_deployments() -> None:
     twice = [{"name": n, "servedModelName": "m"} for n in ("a", "b")]
     with pytest.raises(pydantic.ValidationError, match="unique"):
         StaticConfig.model_validate({"deployments": twice, "auth": {"disabled": True}})
-    with pytest.raises(ValueError, match="unknown engine"):
-        StaticSource(
-            StaticConfig.model_validate(
-                {
-                    "deployments": [{"name": "a", "servedModelName": "m", "engine": "x"}],
-                    "auth": {"disabled": True},
-                }
-            ).deployments
-        )
+    unknown = [{"name": "a", "servedModelName": "m", "engine": "x"}]
+    with pytest.raises(pydantic.ValidationError, match=r"deployments\.0\.engine"):
+        StaticConfig.model_validate({"deployments": unknown, "auth": {"disabled": True}})
+    named = StaticConfig.model_validate(
+        {
+            "deployments": [
+                {"name": "a", "servedModelName": "qwen", "model": "qwen2.5:7b", "engine": "vllm"}
+            ],
+            "auth": {"disabled": True},
+        }
+    )
+    backend = StaticSource(named.deployments).resolve("qwen")
+    assert backend is not None
+    assert (backend.model, backend.upstream_model, backend.routing.strategy) == (
+        "qwen",
+        "qwen2.5:7b",
+        "PrefixHash",
+    )
 
 
 def test_cli_flags_become_settings() -> None:
@@ -168,127 +174,56 @@ def test_balancer_spreads_ties() -> None:
     assert picks == {"a", "b", "c"}
 
 
-# ---------------------------------------------------------------- engines
+# ---------------------------------------------------------------- engines and engine errors
 
 
-async def lines_of(*lines: bytes) -> AsyncIterator[bytes]:
-    for line in lines:
-        yield line
-
-
-async def drain(iterator: AsyncIterator[Any]) -> list[Any]:
-    return [event async for event in iterator]
-
-
-def chat_req(**kwargs: Any) -> GenerationRequest:
-    return GenerationRequest(
-        kind="chat", model="m", stream=True, messages=[{"role": "user", "content": "x"}], **kwargs
-    )
-
-
-def test_engine_table_is_open() -> None:
-    assert {"ollama", "tgi", "openai"} <= set(ENGINES)
+def test_engine_table() -> None:
+    assert set(ENGINES) == {"ollama", "tgi", "vllm", "openai"}
     for name, engine in ENGINES.items():
         assert engine.name == name
+    assert [n for n, e in ENGINES.items() if e.native_ollama] == ["ollama"]
+    assert ENGINES["tgi"].lacks == {"/v1/embeddings"}
 
 
-def test_ollama_adapter() -> None:
-    engine = ENGINES["ollama"]
-    path, body = engine.prepare(chat_req(max_tokens=5, json_mode=True))
-    assert path == "/api/chat"
-    assert body["options"] == {"num_predict": 5}
-    assert body["format"] == "json"
-    events = asyncio.run(
-        drain(
-            engine.decode_stream(
-                lines_of(
-                    b'{"message":{"role":"assistant","content":"he"},"done":false}\n',
-                    b"\n",
-                    b'{"message":{"role":"assistant","content":""},"done":true,'
-                    b'"done_reason":"length","prompt_eval_count":3,"eval_count":1}\n',
-                ),
-                chat_req(),
-            )
-        )
-    )
-    assert events == ["he", Finish("length", 3, 1)]
-    with pytest.raises(UpstreamError, match="boom"):
-        asyncio.run(drain(engine.decode_stream(lines_of(b'{"error":"boom"}\n'), chat_req())))
-    with pytest.raises(UpstreamError, match="ended"):
-        asyncio.run(drain(engine.decode_stream(lines_of(), chat_req())))
-
-
-def test_openai_and_tgi_adapters() -> None:
+def test_tgi_takes_its_own_grammar_form() -> None:
     schema = {"type": "object"}
-    _, generic = ENGINES["openai"].prepare(chat_req(json_schema=schema))
-    assert generic["response_format"]["json_schema"]["schema"] == schema
-    assert generic["stream_options"] == {"include_usage": True}
-    _, tgi = ENGINES["tgi"].prepare(chat_req(json_schema=schema))
-    assert tgi["response_format"] == {"type": "json", "value": schema}
-    events = asyncio.run(
-        drain(
-            ENGINES["tgi"].decode_stream(
-                lines_of(
-                    b'data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n',
-                    b"\n",
-                    b'data: {"choices":[{"delta":{},"finish_reason":"length"}]}\n',
-                    b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1}}\n',
-                    b"data: [DONE]\n",
-                ),
-                chat_req(),
-            )
-        )
-    )
-    assert events == ["a", Finish("length", 2, 1)]
+    adapt = ENGINES["tgi"].adapt_openai
+    given = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    assert adapt({"response_format": given})["response_format"] == {"type": "json", "value": schema}
+    assert adapt({"response_format": {"type": "json_object"}})["response_format"] == {
+        "type": "json",
+        "value": {"type": "object"},
+    }
+    untouched = {"response_format": {"type": "text"}, "tools": [{"type": "function"}]}
+    assert adapt(dict(untouched)) == untouched
+    body = {"response_format": given}
+    assert ENGINES["vllm"].adapt_openai(dict(body)) == body  # OpenAI's form, forwarded as is
 
 
 def test_engine_statuses_map_to_gateway_errors() -> None:
-    assert from_engine_status(503, "x").status == 503
-    assert isinstance(from_engine_status(502, "x"), UpstreamError)
-    assert from_engine_status(502, "x").retryable  # type: ignore[attr-defined]
-    assert from_engine_status(422, "x").status == 400
-    assert from_engine_status(500, "x").status == 502
-    assert from_engine_status(429, "x").headers["Retry-After"] == "1"
+    assert from_engine_status(503, b"x").status == 503
+    assert isinstance(from_engine_status(502, b"x"), UpstreamError)
+    assert from_engine_status(502, b"x").retryable  # type: ignore[attr-defined]
+    assert from_engine_status(422, b"x").status == 422  # the engine's own 4xx is passed on
+    assert from_engine_status(500, b"x").status == 502
+    assert from_engine_status(429, b"x").headers["Retry-After"] == "1"
 
 
-# ---------------------------------------------------------------- dialects and errors
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"error": {"message": "openai-style", "type": "x"}}', "openai-style"),
+        (b'{"error": "ollama-style"}', "ollama-style"),
+        (b'{"error": "tgi-style", "error_type": "validation"}', "tgi-style"),
+        (b'{"object": "error", "message": "old vllm"}', "old vllm"),
+        (b"plain text", "plain text"),
+    ],
+)
+def test_engine_error_messages_are_read_from_every_shape(body: bytes, message: str) -> None:
+    assert engine_message(body) == message
 
 
-def test_openai_chat_conversion() -> None:
-    body = openai_dialect.ChatCompletionRequest.model_validate(
-        {
-            "model": "m",
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
-                }
-            ],
-            "max_completion_tokens": 3,
-            "stop": "END",
-            "response_format": {"type": "json_object"},
-        }
-    )
-    req = openai_dialect.chat_request(body)
-    assert req.messages == [{"role": "user", "content": "ab"}]
-    assert (req.max_tokens, req.stop, req.json_mode) == (3, ["END"], True)
-    image = openai_dialect.ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
-    )
-    with pytest.raises(InvalidRequest, match="text only"):
-        openai_dialect.chat_request(image)
-
-
-def test_ollama_conversion() -> None:
-    body = ollama_dialect.GenerateRequest.model_validate(
-        {"model": "m", "prompt": "p", "system": "s", "options": {"num_predict": -1, "seed": 4}}
-    )
-    req = ollama_dialect.generate_request(body)
-    assert (req.prompt, req.max_tokens, req.seed, req.stream) == ("s\n\np", None, 4, True)
-    with pytest.raises(InvalidRequest, match="JSON schema"):
-        ollama_dialect.chat_request(
-            ollama_dialect.ChatRequest.model_validate({"model": "m", "format": {"type": 5}})
-        )
+# ---------------------------------------------------------------- checks and errors
 
 
 def test_structured_output_check() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -29,8 +32,16 @@ def openai_error(response: httpx.Response) -> dict[str, Any]:
     return error
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll until `predicate()` holds (generous: the machine may be loaded)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
 def post(gateway: GatewayServer, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.post(gateway.url + path, timeout=30, **kwargs)
+    return httpx.post(gateway.url + path, **{"timeout": 30, **kwargs})
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
@@ -63,7 +74,7 @@ def test_malformed_json_ollama(gateway: GatewayServer, path: str) -> None:
         ),
         ({"model": OLLAMA_MODEL, "messages": CHAT, "temperature": 5}, "temperature"),
         ({"model": OLLAMA_MODEL, "messages": CHAT, "max_tokens": "many"}, "max_tokens"),
-        ({"model": OLLAMA_MODEL, "messages": CHAT, "n": 3}, "n"),
+        ({"model": OLLAMA_MODEL, "messages": CHAT, "n": 0}, "n"),
         ({"messages": CHAT}, "model"),
         ([1, 2, 3], None),
     ],
@@ -151,9 +162,12 @@ def test_body_over_the_size_limit(start_gateway: GatewayFactory, ollama_engine: 
 
 
 def test_unknown_route_and_method_are_shaped(gateway: GatewayServer) -> None:
-    missing = httpx.get(gateway.url + "/v1/nothing")
+    missing = httpx.get(gateway.url + "/nothing")
     assert missing.status_code == 404
-    openai_error(missing)
+    # Any POST /v1/... naming a model is forwarded; another method there is a 405.
+    not_post = httpx.get(gateway.url + "/v1/nothing")
+    assert not_post.status_code == 405
+    openai_error(not_post)
     wrong = httpx.get(gateway.url + "/api/chat")
     assert wrong.status_code == 405
     assert set(wrong.json()) == {"error"}
@@ -236,17 +250,70 @@ def test_no_ready_replica(start_gateway: GatewayFactory) -> None:
     assert "no ready replica" in ollama_response.json()["error"]
 
 
-def test_concurrency_limit(start_gateway: GatewayFactory, ollama_engine: FakeEngine) -> None:
-    ollama_engine.configure_sync(token_delay_ms=400)
+def test_over_the_concurrency_limit_requests_wait_in_line(
+    start_gateway: GatewayFactory, ollama_engine: FakeEngine
+) -> None:
+    ollama_engine.configure_sync(token_delay_ms=150)
     server = start_gateway(
         [deployment("q", "ollama", OLLAMA_MODEL, [ollama_engine.url], maxConcurrentRequests=1)]
+    )
+    body = {"model": OLLAMA_MODEL, "messages": CHAT}
+    results: list[int] = []
+
+    def waiter() -> None:
+        results.append(post(server, "/api/chat", json={**body, "stream": False}).status_code)
+
+    with httpx.stream("POST", server.url + "/api/chat", json=body, timeout=30) as slow:
+        assert slow.status_code == 200
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        wait_until(lambda: server.gateway.admission.waiting.get(OLLAMA_MODEL) == 1)
+        assert server.gateway.balancer.inflight(OLLAMA_MODEL) == 1  # the limit holds
+        slow.read()
+    thread.join(timeout=30)
+    assert results == [200]
+    assert server.gateway.admission.waiting[OLLAMA_MODEL] == 0
+    metrics = httpx.get(server.url + "/metrics").text
+    assert f'relais_gateway_waiting_requests{{model="{OLLAMA_MODEL}"}} 0.0' in metrics
+    assert f'relais_gateway_wait_seconds_count{{model="{OLLAMA_MODEL}"}} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("settings", "why"),
+    [({"max_waiting_requests": 0}, "queue is full"), ({"queue_timeout_s": 0.3}, "no slot within")],
+)
+def test_past_the_queue_bounds_429_with_retry_after(
+    start_gateway: GatewayFactory, ollama_engine: FakeEngine, settings: dict[str, Any], why: str
+) -> None:
+    ollama_engine.configure_sync(token_delay_ms=400)
+    server = start_gateway(
+        [deployment("q", "ollama", OLLAMA_MODEL, [ollama_engine.url], maxConcurrentRequests=1)],
+        **settings,
     )
     body = {"model": OLLAMA_MODEL, "messages": CHAT}
     with httpx.stream("POST", server.url + "/api/chat", json=body, timeout=30) as slow:
         busy = post(server, "/api/chat", json=body)
         assert busy.status_code == 429
-        assert busy.headers["retry-after"] == "1"
-        assert "concurrent" in busy.json()["error"]
+        assert busy.headers["retry-after"] == "5"
+        assert why in busy.json()["error"]
+        openai_busy = post(server, "/v1/chat/completions", json=body)
+        assert openai_error(openai_busy)["code"] == "concurrency_limit_exceeded"
         assert slow.status_code == 200
         slow.read()
     assert post(server, "/api/chat", json={**body, "stream": False}).status_code == 200
+
+
+def test_a_waiting_client_that_leaves_never_reaches_the_engine(
+    start_gateway: GatewayFactory, ollama_engine: FakeEngine
+) -> None:
+    ollama_engine.configure_sync(token_delay_ms=300)
+    server = start_gateway(
+        [deployment("q", "ollama", OLLAMA_MODEL, [ollama_engine.url], maxConcurrentRequests=1)]
+    )
+    body = {"model": OLLAMA_MODEL, "messages": CHAT}
+    with httpx.stream("POST", server.url + "/api/chat", json=body, timeout=30) as slow:
+        with pytest.raises(httpx.ReadTimeout):
+            post(server, "/api/chat", json={**body, "stream": False}, timeout=0.5)
+        wait_until(lambda: server.gateway.admission.waiting.get(OLLAMA_MODEL) == 0)
+        slow.read()
+    assert len(ollama_engine.requests_sync()) == 1

@@ -1,47 +1,130 @@
-"""Helpers both dialects use to run a request: streaming with a clean end, and non-streamed runs."""
+"""What both dialects share: reading the body, forwarding whole and streamed answers, sending."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
+from typing import Any, Protocol, TypeVar
 
+import orjson
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from relais_gateway.canonical import Event, GenerationRequest
 from relais_gateway.deps import request_id, started
-from relais_gateway.errors import ClientClosedRequest, GatewayError, UpstreamError
+from relais_gateway.errors import (
+    ClientClosedRequest,
+    GatewayError,
+    InvalidRequest,
+    UpstreamError,
+    from_validation,
+)
 from relais_gateway.registry import Backend
-from relais_gateway.router import before_network_wait
-from relais_gateway.service import Answer, Gateway, cancel_on_disconnect, check_structured
+from relais_gateway.service import Gateway, cancel_on_disconnect
+from relais_gateway.upstream import Reply, before_network_wait
 
-ErrorRenderer = Callable[[GatewayError], bytes]
-
-
-async def run_whole(
-    gateway: Gateway, backend: Backend, req: GenerationRequest, request: Request
-) -> Answer:
-    """Run a non-streamed generation; JSON-constrained answers are checked against the schema."""
-    events = gateway.events(backend, req, request_id(request), started(request))
-    async with aclosing(events):
-        answer = await gateway.collect(events, request.receive)
-    if req.json_schema is not None or req.json_mode:
-        check_structured(answer.text, req.json_schema)
-    return answer
+Json = dict[str, Any]
+M = TypeVar("M", bound=BaseModel)
 
 
-async def open_stream(
-    gateway: Gateway, backend: Backend, req: GenerationRequest, request: Request
-) -> tuple[Event, AsyncGenerator[Event, None]]:
-    """Start a streamed generation: errors before the first event are plain HTTP errors."""
-    events = gateway.events(backend, req, request_id(request), started(request))
+def read_json(request: Request) -> Json:
+    """The request body as a JSON object (400 `invalid_json` otherwise).
+
+    The edge middleware has already read (and size-checked) the body.
+    """
+    raw: bytes = request.scope["state"].get("body", b"")
     try:
-        first = await gateway.first_event(events, request.receive)
-    except BaseException:
-        await events.aclose()
-        raise
-    return first, events
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("malformed JSON body", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def check(model: type[M], body: Json) -> M:
+    """The fields the gateway owns, read from `body` and validated (400 naming the field).
+
+    The body itself is forwarded: these models list only what Relais reads or limits.
+    """
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation(exc.errors(include_url=False)) from None
+
+
+class StreamReader(Protocol):
+    """What forwards an engine stream: a relay (passthrough) or a translator."""
+
+    ended: bool
+    prompt_tokens: int
+    completion_tokens: int
+    lines: int
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+    def error(self, message: str) -> bytes: ...
+
+
+async def whole(
+    gateway: Gateway, backend: Backend, path: str, body: Json, request: Request, prefix: str = ""
+) -> Reply:
+    """Forward a non-streamed request; the engine's 200 answer."""
+    return await gateway.whole(
+        backend, path, body, request.receive, request_id(request), started(request), prefix
+    )
+
+
+async def stream(
+    gateway: Gateway,
+    backend: Backend,
+    path: str,
+    body: Json,
+    request: Request,
+    reader: StreamReader,
+    media_type: str,
+    headers: dict[str, str],
+    prefix: str = "",
+) -> Response:
+    """Forward a streamed request: errors before the first chunk are plain HTTP errors; after
+    it, the stream ends with an error event in the dialect's shape."""
+    first, chunks = await gateway.open_stream(
+        backend, path, body, request.receive, request_id(request), started(request), prefix
+    )
+
+    def counted(reader: StreamReader) -> None:
+        completion = reader.completion_tokens or reader.lines
+        gateway.metrics.count_tokens(backend.model, reader.prompt_tokens, completion)
+
+    return ChunkStreamResponse(relayed(first, chunks, reader, counted), media_type, headers)
+
+
+async def relayed(
+    first: bytes,
+    chunks: AsyncGenerator[bytes, None],
+    reader: StreamReader,
+    on_end: Callable[[StreamReader], None],
+) -> AsyncGenerator[bytes, None]:
+    """The client's body: the engine's chunks through `reader`; an early end or a failure after
+    the first byte becomes an in-band error (client libraries raise on it)."""
+    async with aclosing(chunks):
+        try:
+            if out := reader.feed(first):
+                yield out
+            async for chunk in chunks:
+                if out := reader.feed(chunk):
+                    yield out
+            if out := reader.close():
+                yield out
+            if not reader.ended:
+                yield reader.error("the engine's stream ended before its end marker")
+        except Exception as exc:  # the stream began: report in-band, as the engines do
+            yield reader.error(stream_error(exc).message)
+        finally:
+            on_end(reader)
 
 
 def stream_error(exc: Exception) -> GatewayError:
@@ -51,13 +134,20 @@ def stream_error(exc: Exception) -> GatewayError:
     return UpstreamError(f"stream failed: {type(exc).__name__}")
 
 
+def json_response(
+    body: bytes | Json, status: int = 200, media_type: str = "application/json"
+) -> Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return Response(content, status, media_type=media_type)
+
+
 class ChunkStreamResponse(Response):
     """A streamed 200 whose chunks go out as they come; a client disconnect closes the source.
 
-    Chunks produced together (the events of one upstream read) leave in one write: they are held
+    Chunks produced together (the lines of one upstream read) leave in one write: they are held
     only until the upstream reader is about to wait for the network (`before_network_wait`), and
     the last ones leave with the end of the body. Leaner than Starlette's StreamingResponse (no
-    task group per stream), with the same guarantee: the generation is cancelled when the client
+    task group per stream), with the same guarantee: the request is cancelled when the client
     leaves.
     """
 

@@ -1,11 +1,13 @@
-"""The Ollama dialect: /api/chat, /api/generate (NDJSON streams by default), /api/tags, version."""
+"""The Ollama dialect: `/api/...` routes, and `/` ("Ollama is running"), as Ollama serves them.
+
+In front of an Ollama engine the body is forwarded as sent (the model renamed, `num_predict`
+defaulted and capped), and the NDJSON answer streams back as Ollama wrote it. In front of an
+OpenAI-only engine (vLLM, TGI, llama.cpp) `translate.py` carries the request across. Model
+management (`pull`, `push`, `create`, `copy`, `delete`) is Kubernetes' job here: a clear 403.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
@@ -13,30 +15,30 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from relais_gateway.auth import Caller
-from relais_gateway.canonical import Event, Finish, GenerationRequest
+from relais_gateway import translate
 from relais_gateway.deps import (
     CallerDep,
     GatewayDep,
     caller_of,
     gateway_of,
     note_model,
-    parse_body,
     request_body,
+    request_id,
     started,
 )
-from relais_gateway.dialects.common import (
-    ChunkStreamResponse,
-    open_stream,
-    run_whole,
-    stream_error,
-)
-from relais_gateway.errors import InvalidRequest
-from relais_gateway.service import Gateway, check_json_schema
+from relais_gateway.dialects.common import Json, check, json_response, read_json, stream, whole
+from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS
+from relais_gateway.errors import GatewayError, InvalidRequest, NotFound
+from relais_gateway.prefix import chat_prefix, prompt_prefix
+from relais_gateway.registry import Backend
+from relais_gateway.relay import NdjsonRelay, renamer
+from relais_gateway.service import Gateway, check_json_schema, check_structured
 
 router = APIRouter(prefix="/api", tags=["Ollama"])
+root_router = APIRouter(tags=["Ollama"])
 
 NDJSON = "application/x-ndjson"
+MANAGED = ("pull", "push", "create", "copy", "delete")
 
 
 def _relais_version() -> str:
@@ -46,212 +48,327 @@ def _relais_version() -> str:
         return "0.0.0"
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class Options(BaseModel):
-    """Ollama `options`; the sampling ones Relais passes on are typed, others are ignored."""
-
+class _Owned(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+class Options(_Owned):
+    """Ollama `options`: the ones Relais limits or checks; all of them are forwarded."""
+
     num_predict: int | None = Field(default=None, ge=-2)
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    stop: list[str] | None = Field(default=None, max_length=16)
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Message(_Owned):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str = ""
+    content: str | None = ""
     images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 Format = Literal["json", ""] | dict[str, Any]
 
 
-class ChatRequest(_Wire):
-    """The body of POST /api/chat."""
+class ChatRequest(_Owned):
+    """POST /api/chat: tools, images, think, options... all reach the engine."""
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(default_factory=list)
     stream: bool = True
     format: Format | None = None
     options: Options | None = None
+    tools: list[dict[str, Any]] | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
 
 
-class GenerateRequest(_Wire):
-    """The body of POST /api/generate."""
+class GenerateRequest(_Owned):
+    """POST /api/generate."""
 
     model: str = Field(min_length=1)
-    prompt: str = ""
+    prompt: str | None = ""
     system: str | None = None
+    images: list[str] | None = None
     stream: bool = True
     format: Format | None = None
     options: Options | None = None
-    images: list[str] | None = None
+    raw: bool | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
 
 
-def _structured(fmt: Format | None) -> tuple[dict[str, Any] | None, bool]:
+class EmbedRequest(_Owned):
+    """POST /api/embed."""
+
+    model: str = Field(min_length=1)
+    input: str | list[str]
+
+
+class EmbeddingsRequest(_Owned):
+    """POST /api/embeddings (the older single-prompt form)."""
+
+    model: str = Field(min_length=1)
+    prompt: str
+
+
+class ShowRequest(_Owned):
+    """POST /api/show (`name` is the older spelling of `model`)."""
+
+    model: str | None = Field(default=None, min_length=1)
+    name: str | None = Field(default=None, min_length=1)
+
+
+class ModelsManaged(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "models_managed_by_relais"
+
+
+def _structured(fmt: Format | None) -> tuple[bool, dict[str, Any] | None]:
     if isinstance(fmt, dict):
         check_json_schema(fmt, "format")
-        return fmt, False
-    return None, fmt == "json"
+        return True, fmt
+    return fmt == "json", None
 
 
-def _sampling(options: Options | None) -> dict[str, Any]:
-    if options is None:
-        return {}
-    num_predict = options.num_predict
-    return {
-        "max_tokens": num_predict if num_predict is not None and num_predict > 0 else None,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "seed": options.seed,
-        "stop": options.stop,
-    }
+def _num_predict(options: Options | None) -> int | None:
+    value = options.num_predict if options is not None else None
+    return value if value is not None and value > 0 else None
 
 
-def chat_request(body: ChatRequest) -> GenerationRequest:
-    """The canonical request for an Ollama chat."""
-    for i, message in enumerate(body.messages):
-        if message.images:
-            raise InvalidRequest("images are not supported", param=f"messages.{i}.images")
-    schema, json_mode = _structured(body.format)
-    return GenerationRequest(
-        kind="chat",
-        model=body.model,
-        stream=body.stream,
-        messages=[{"role": m.role, "content": m.content} for m in body.messages],
-        json_schema=schema,
-        json_mode=json_mode,
-        **_sampling(body.options),
-    )
-
-
-def generate_request(body: GenerateRequest) -> GenerationRequest:
-    """The canonical request for an Ollama generate (a system prompt leads the prompt)."""
-    if body.images:
-        raise InvalidRequest("images are not supported", param="images")
-    schema, json_mode = _structured(body.format)
-    prompt = f"{body.system}\n\n{body.prompt}" if body.system else body.prompt
-    return GenerationRequest(
-        kind="completion",
-        model=body.model,
-        stream=body.stream,
-        prompt=prompt,
-        json_schema=schema,
-        json_mode=json_mode,
-        **_sampling(body.options),
-    )
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _piece(chat: bool, text: str) -> dict[str, Any]:
-    return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
-
-
-def final_line(chat: bool, model: str, text: str, finish: Finish, t0: float) -> dict[str, Any]:
-    """The `done: true` object (whole answer for non-streamed requests)."""
-    elapsed_ns = int((time.perf_counter() - t0) * 1e9)
-    return {
-        "model": model,
-        "created_at": _now(),
-        **_piece(chat, text),
-        "done": True,
-        "done_reason": finish.reason,
-        "total_duration": elapsed_ns,
-        "load_duration": 0,
-        "prompt_eval_count": finish.prompt_tokens,
-        "prompt_eval_duration": 0,
-        "eval_count": finish.completion_tokens,
-        "eval_duration": elapsed_ns,
-    }
-
-
-async def ndjson(
-    chat: bool, model: str, t0: float, first: Event, events: AsyncGenerator[Event, None]
-) -> AsyncGenerator[bytes, None]:
-    """The NDJSON body: a line per text delta, then the `done` line; errors as `{"error": ...}`."""
-    head = orjson.dumps({"model": model})[:-1] + b',"created_at":'
-    field = b',"message":{"role":"assistant","content":' if chat else b',"response":'
-    tail = b'},"done":false}\n' if chat else b',"done":false}\n'
-
-    def line(event: Event) -> bytes:
-        if isinstance(event, str):
-            return head + orjson.dumps(_now()) + field + orjson.dumps(event) + tail
-        return orjson.dumps(final_line(chat, model, "", event, t0)) + b"\n"
-
-    async with aclosing(events):
-        try:
-            yield line(first)
-            async for event in events:
-                yield line(event)
-        except Exception as exc:  # the stream began: report in-band, as Ollama does
-            yield orjson.dumps({"error": stream_error(exc).message}) + b"\n"
+def _admit(request: Request, model: str, max_tokens: int | None) -> tuple[Gateway, Backend]:
+    gateway = gateway_of(request)
+    caller = caller_of(request, gateway)
+    note_model(request, gateway, model)
+    return gateway, gateway.admit(caller, model, max_tokens)
 
 
 def _loaded(chat: bool, model: str) -> Response:
-    """Ollama answers an empty prompt by loading the model; Relais models are always loaded."""
-    body = {"model": model, "created_at": _now(), **_piece(chat, ""), "done": True}
-    return Response(orjson.dumps(body | {"done_reason": "load"}), media_type="application/json")
+    """Ollama answers an empty prompt by loading the model; OpenAI engines are always loaded."""
+    piece: Json = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+    body = {"model": model, "created_at": translate.now(), **piece, "done": True}
+    return json_response(body | {"done_reason": "load"})
 
 
-async def _serve(
-    chat: bool, req: GenerationRequest, request: Request, gateway: Gateway, caller: Caller
+# ---------------------------------------------------------------- forwarding to Ollama engines
+
+
+async def _native(
+    request: Request,
+    gateway: Gateway,
+    backend: Backend,
+    path: str,
+    body: Json,
+    *,
+    streamed: bool,
+    schema: tuple[bool, dict[str, Any] | None] = (False, None),
+    prefix: str = "",
 ) -> Response:
-    note_model(request, gateway, req.model)
-    backend = gateway.admit(caller, req.model, req.max_tokens)
-    if (chat and not req.messages) or (not chat and not req.prompt):
-        return _loaded(chat, req.model)
-    t0 = started(request)
-    if not req.stream:
-        answer = await run_whole(gateway, backend, req, request)
-        body = final_line(chat, req.model, answer.text, answer.finish, t0)
-        return Response(orjson.dumps(body), media_type="application/json")
-    first, events = await open_stream(gateway, backend, req, request)
-    return ChunkStreamResponse(ndjson(chat, req.model, t0, first, events), NDJSON, {})
+    """Forward an Ollama request to an Ollama engine; its answer back as it was written."""
+    body["model"] = backend.upstream_model
+    if backend.max_tokens is not None and path in ("/api/chat", "/api/generate"):
+        given = body.get("options")
+        options: Json = given if isinstance(given, dict) else {}
+        if not isinstance(options.get("num_predict"), int) or options["num_predict"] <= 0:
+            body["options"] = {**options, "num_predict": backend.max_tokens}
+    rename = renamer(backend.upstream_model, backend.model)
+    if streamed:
+        reader = NdjsonRelay(rename)
+        return await stream(gateway, backend, path, body, request, reader, NDJSON, {}, prefix)
+    reply = await whole(gateway, backend, path, body, request, prefix)
+    data = orjson.loads(reply.body)
+    if isinstance(data, dict):
+        count = int(data.get("eval_count") or 0)
+        gateway.metrics.count_tokens(backend.model, int(data.get("prompt_eval_count") or 0), count)
+        if schema[0]:
+            check_structured(translate.answer_text(data, path == "/api/chat"), schema[1])
+    return json_response(rename(reply.body) if rename is not None else reply.body)
+
+
+# ---------------------------------------------------------------- translating to OpenAI engines
+
+
+async def _translated(
+    request: Request,
+    gateway: Gateway,
+    backend: Backend,
+    path: str,
+    body: Json,
+    *,
+    chat: bool,
+    schema: tuple[bool, dict[str, Any] | None] = (False, None),
+    prefix: str = "",
+) -> Response:
+    """An Ollama chat or generate answered by an OpenAI-only engine."""
+    gateway.require(backend, path)
+    if backend.max_tokens is not None and body.get("max_tokens") is None:
+        body["max_tokens"] = backend.max_tokens
+    body = backend.kind.adapt_openai(body)
+    if body["stream"]:
+        reader = translate.StreamTranslator(backend.model, chat, started(request))
+        return await stream(gateway, backend, path, body, request, reader, NDJSON, {}, prefix)
+    reply = await whole(gateway, backend, path, body, request, prefix)
+    data = orjson.loads(reply.body)
+    answer = translate.whole_answer(data, backend.model, chat, started(request))
+    gateway.metrics.count_tokens(backend.model, answer["prompt_eval_count"], answer["eval_count"])
+    if schema[0] and not (answer.get("message") or {}).get("tool_calls"):
+        check_structured(translate.answer_text(answer, chat), schema[1])
+    return json_response(answer)
+
+
+# ---------------------------------------------------------------- routes
 
 
 @router.post("/chat", summary="Chat (Ollama)", openapi_extra=request_body(ChatRequest))
 async def chat(request: Request) -> Response:
-    body = parse_body(request, ChatRequest)
-    gateway = gateway_of(request)
-    caller = caller_of(request, gateway)
-    return await _serve(True, chat_request(body), request, gateway, caller)
+    body = read_json(request)
+    owned = check(ChatRequest, body)
+    gateway, backend = _admit(request, owned.model, _num_predict(owned.options))
+    schema = _structured(owned.format)
+    prefix = chat_prefix(body.get("messages"), backend.routing.prefix_char_length)
+    if backend.kind.native_ollama:
+        return await _native(
+            request,
+            gateway,
+            backend,
+            "/api/chat",
+            body,
+            streamed=owned.stream,
+            schema=schema,
+            prefix=prefix,
+        )
+    if not owned.messages:
+        return _loaded(True, owned.model)
+    openai = translate.chat_request(body, backend.upstream_model, owned.stream)
+    return await _translated(
+        request, gateway, backend, CHAT, openai, chat=True, schema=schema, prefix=prefix
+    )
 
 
 @router.post("/generate", summary="Generate (Ollama)", openapi_extra=request_body(GenerateRequest))
 async def generate(request: Request) -> Response:
-    body = parse_body(request, GenerateRequest)
-    gateway = gateway_of(request)
-    caller = caller_of(request, gateway)
-    return await _serve(False, generate_request(body), request, gateway, caller)
+    body = read_json(request)
+    owned = check(GenerateRequest, body)
+    gateway, backend = _admit(request, owned.model, _num_predict(owned.options))
+    schema = _structured(owned.format)
+    prefix = prompt_prefix(
+        f"{owned.system or ''}{owned.prompt or ''}", backend.routing.prefix_char_length
+    )
+    if backend.kind.native_ollama:
+        return await _native(
+            request,
+            gateway,
+            backend,
+            "/api/generate",
+            body,
+            streamed=owned.stream,
+            schema=schema,
+            prefix=prefix,
+        )
+    if not owned.prompt and not owned.images:
+        return _loaded(False, owned.model)
+    is_chat, openai = translate.generate_request(body, backend.upstream_model, owned.stream)
+    path = CHAT if is_chat else COMPLETIONS
+    return await _translated(
+        request, gateway, backend, path, openai, chat=False, schema=schema, prefix=prefix
+    )
+
+
+async def _embed(request: Request, owned: EmbedRequest | EmbeddingsRequest, body: Json) -> Response:
+    legacy = isinstance(owned, EmbeddingsRequest)
+    gateway, backend = _admit(request, owned.model, None)
+    if backend.kind.native_ollama:
+        path = "/api/embeddings" if legacy else "/api/embed"
+        return await _native(request, gateway, backend, path, body, streamed=False)
+    gateway.require(backend, EMBEDDINGS)
+    openai = translate.embed_request(body, backend.upstream_model, legacy=legacy)
+    reply = await whole(gateway, backend, EMBEDDINGS, openai, request)
+    answer = translate.embed_answer(
+        orjson.loads(reply.body), backend.model, started(request), legacy=legacy
+    )
+    return json_response(answer)
+
+
+@router.post("/embed", summary="Embeddings (Ollama)", openapi_extra=request_body(EmbedRequest))
+async def embed(request: Request) -> Response:
+    body = read_json(request)
+    return await _embed(request, check(EmbedRequest, body), body)
+
+
+@router.post(
+    "/embeddings",
+    summary="Embedding of one prompt (Ollama, older form)",
+    openapi_extra=request_body(EmbeddingsRequest),
+)
+async def embeddings(request: Request) -> Response:
+    body = read_json(request)
+    return await _embed(request, check(EmbeddingsRequest, body), body)
+
+
+@router.post("/show", summary="Show a model (Ollama)", openapi_extra=request_body(ShowRequest))
+async def show(request: Request) -> Response:
+    body = read_json(request)
+    owned = check(ShowRequest, body)
+    name = owned.model or owned.name
+    if not name:
+        raise InvalidRequest("model is required", param="model")
+    gateway, backend = _admit(request, name, None)
+    if not backend.kind.native_ollama:
+        return json_response(_synthetic_show(backend))
+    forwarded = {**body, "model": backend.upstream_model}
+    forwarded.pop("name", None)
+    reply = await gateway.lookup(backend, "/api/show", forwarded, request_id(request))
+    rename = renamer(backend.upstream_model, backend.model)
+    return json_response(rename(reply.body) if rename is not None else reply.body)
+
+
+def _details(backend: Backend) -> Json:
+    return {
+        "parent_model": "",
+        "format": "",
+        "family": backend.engine,
+        "families": [backend.engine],
+        "parameter_size": "",
+        "quantization_level": "",
+    }
+
+
+def _synthetic_show(backend: Backend) -> Json:
+    """What Relais knows of a model an OpenAI-only engine serves (it has no /api/show)."""
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": _details(backend),
+        "model_info": {"general.architecture": backend.engine, "relais.engine": backend.engine},
+        "capabilities": ["completion"],
+        "modified_at": "1970-01-01T00:00:00Z",
+    }
+
+
+def _entry(backend: Backend) -> Json:
+    return {
+        "name": backend.model,
+        "model": backend.model,
+        "modified_at": "1970-01-01T00:00:00Z",
+        "size": 0,
+        "digest": "",
+        "details": _details(backend),
+    }
 
 
 @router.get("/tags", summary="List models (Ollama)")
 async def tags(gateway: GatewayDep, caller: CallerDep) -> dict[str, Any]:
-    models = [
-        {
-            "name": b.model,
-            "model": b.model,
-            "modified_at": "1970-01-01T00:00:00Z",
-            "size": 0,
-            "digest": "",
-            "details": {
-                "format": "",
-                "family": b.engine,
-                "parameter_size": "",
-                "quantization_level": "",
-            },
-        }
+    return {"models": [_entry(b) for b in gateway.visible_backends(caller)]}
+
+
+@router.get("/ps", summary="Running models (Ollama): those with a ready replica")
+async def ps(gateway: GatewayDep, caller: CallerDep) -> dict[str, Any]:
+    running = [
+        {**_entry(b), "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0}
         for b in gateway.visible_backends(caller)
+        if b.replicas
     ]
-    return {"models": models}
+    return {"models": running}
 
 
 @router.get("/version", summary="Version (Ollama)")
@@ -259,4 +376,35 @@ async def api_version() -> dict[str, str]:
     return {"version": _relais_version()}
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (ChatRequest, GenerateRequest)
+@router.api_route(
+    "/{action}",
+    methods=["POST", "DELETE"],
+    summary="Model management (pull, push, create, copy, delete): not here, see LLMDeployment",
+    include_in_schema=False,
+)
+async def managed(action: str) -> Response:
+    if action not in MANAGED:
+        raise NotFound(f"no route /api/{action}")
+    raise ModelsManaged(
+        f"/api/{action} is not available: models are managed by Relais with LLMDeployment "
+        "resources (kubectl apply -f model.yaml), and each is pulled once by the operator"
+    )
+
+
+@root_router.get("/", summary="Ollama is running (what Ollama clients probe)")
+async def root() -> Response:
+    return Response("Ollama is running", media_type="text/plain; charset=utf-8")
+
+
+@root_router.head("/", include_in_schema=False)
+async def root_head() -> Response:
+    return Response(media_type="text/plain; charset=utf-8")
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    ChatRequest,
+    GenerateRequest,
+    EmbedRequest,
+    EmbeddingsRequest,
+    ShowRequest,
+)

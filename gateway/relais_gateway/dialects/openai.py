@@ -1,125 +1,117 @@
-"""The OpenAI dialect: /v1/chat/completions, /v1/completions (JSON or SSE) and /v1/models."""
+"""The OpenAI dialect: `/v1/...` routes, forwarded to every engine's OpenAI-compatible server.
+
+The body is forwarded as the client sent it. The gateway owns a few fields: `model` (renamed to
+the engine's own name), the `max_tokens` default and cap from `requestLimits`, and the usage chunk
+of streams (asked for when the client did not, read for metrics, then dropped). The models below
+validate only what the gateway reads; every other field reaches the engine untouched.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from relais_gateway.auth import Caller
-from relais_gateway.canonical import Event, Finish, GenerationRequest
 from relais_gateway.deps import (
     CallerDep,
     GatewayDep,
     caller_of,
     gateway_of,
     note_model,
-    parse_body,
     request_body,
-    request_id,
 )
 from relais_gateway.dialects.common import (
-    ChunkStreamResponse,
-    open_stream,
-    run_whole,
-    stream_error,
+    Json,
+    check,
+    json_response,
+    read_json,
+    stream,
+    whole,
 )
-from relais_gateway.errors import InvalidRequest
-from relais_gateway.service import Answer, Gateway, check_json_schema
+from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS
+from relais_gateway.errors import InvalidRequest, ModelNotFound
+from relais_gateway.prefix import chat_prefix, prompt_prefix
+from relais_gateway.registry import Backend
+from relais_gateway.relay import RawRelay, SseRelay, renamer
+from relais_gateway.service import Gateway, check_json_schema, check_structured
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 
+SSE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Owned(BaseModel):
+    """Fields Relais reads; `extra="allow"`: everything else is forwarded as sent."""
 
-
-class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-
-
-class StreamOptions(_Wire):
+class StreamOptions(_Owned):
     include_usage: bool = False
 
 
-class JsonSchemaFormat(_Wire):
+class JsonSchemaFormat(_Owned):
     name: str = "output"
-    description: str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
-    strict: bool | None = None
 
 
-class ResponseFormat(_Wire):
+class ResponseFormat(_Owned):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
 
-class _Sampling(_Wire):
+class ChatMessage(_Owned):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _Generation(_Owned):
     model: str = Field(min_length=1)
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    stop: str | list[str] | None = Field(default=None, max_length=16)
-    n: int | None = Field(default=None, ge=1, le=1, description="Only n=1 is supported.")
-    user: str | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
 
 
-class ChatCompletionRequest(_Sampling):
-    """The body of POST /v1/chat/completions (the fields Relais uses; others are ignored)."""
+class ChatCompletionRequest(_Generation):
+    """POST /v1/chat/completions: tools, images, logprobs, n... all reach the engine."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
 
 
-class CompletionRequest(_Sampling):
-    """The body of POST /v1/completions (one prompt)."""
+class CompletionRequest(_Generation):
+    """POST /v1/completions."""
 
-    prompt: str | list[str]
-
-
-def _stop(stop: str | list[str] | None) -> list[str] | None:
-    return [stop] if isinstance(stop, str) else stop
+    prompt: str | list[str] | list[int] | list[list[int]]
 
 
-def _text(message: ChatMessage, index: int) -> str:
-    if message.content is None or isinstance(message.content, str):
-        return message.content or ""
-    parts = []
-    for part in message.content:
-        if part.type != "text" or part.text is None:
-            raise InvalidRequest(
-                f"content part type {part.type!r} is not supported (text only)",
-                param=f"messages.{index}.content",
-            )
-        parts.append(part.text)
-    return "".join(parts)
+class EmbeddingRequest(_Owned):
+    """POST /v1/embeddings."""
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
 
 
-def _structured(fmt: ResponseFormat | None) -> tuple[dict[str, Any] | None, bool]:
+class AnyModelRequest(_Owned):
+    """Any other POST /v1/... route with a JSON body naming a `model` (e.g. /v1/responses)."""
+
+    model: str = Field(min_length=1)
+    stream: bool | None = False
+
+
+def _structured(fmt: ResponseFormat | None) -> tuple[bool, dict[str, Any] | None]:
+    """(the answer must be JSON, its schema) from `response_format`."""
     if fmt is None or fmt.type == "text":
-        return None, False
+        return False, None
     if fmt.type == "json_object":
-        return None, True
+        return True, None
     if fmt.json_schema is None:
         raise InvalidRequest(
             "response_format.json_schema is required for type json_schema",
@@ -127,162 +119,74 @@ def _structured(fmt: ResponseFormat | None) -> tuple[dict[str, Any] | None, bool
         )
     schema = fmt.json_schema.schema_
     check_json_schema(schema, "response_format.json_schema.schema")
-    return schema, False
+    return True, schema
 
 
-def chat_request(body: ChatCompletionRequest) -> GenerationRequest:
-    """The canonical request for an OpenAI chat completion."""
-    schema, json_mode = _structured(body.response_format)
-    messages = [{"role": m.role, "content": _text(m, i)} for i, m in enumerate(body.messages)]
-    return GenerationRequest(
-        kind="chat",
-        model=body.model,
-        stream=body.stream,
-        messages=messages,
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        stop=_stop(body.stop),
-        json_schema=schema,
-        json_mode=json_mode,
-    )
+def _admit(request: Request, model: str, max_tokens: int | None) -> tuple[Gateway, Backend]:
+    gateway = gateway_of(request)
+    caller = caller_of(request, gateway)
+    note_model(request, gateway, model)
+    return gateway, gateway.admit(caller, model, max_tokens)
 
 
-def completion_request(body: CompletionRequest) -> GenerationRequest:
-    """The canonical request for an OpenAI (legacy) completion."""
-    prompt = body.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise InvalidRequest("exactly one prompt is supported", param="prompt")
-        prompt = prompt[0]
-    return GenerationRequest(
-        kind="completion",
-        model=body.model,
-        stream=body.stream,
-        prompt=prompt,
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        stop=_stop(body.stop),
-    )
+def _prepare(body: Json, backend: Backend, *, limit_tokens: bool) -> Json:
+    """The fields Relais owns, set for the engine; the body otherwise as the client sent it."""
+    body["model"] = backend.upstream_model
+    unset = body.get("max_tokens") is None and body.get("max_completion_tokens") is None
+    if limit_tokens and backend.max_tokens is not None and unset:
+        body["max_tokens"] = backend.max_tokens
+    return backend.kind.adapt_openai(body)
 
 
-def _usage(finish: Finish) -> dict[str, int]:
-    return {
-        "prompt_tokens": finish.prompt_tokens,
-        "completion_tokens": finish.completion_tokens,
-        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
-    }
-
-
-def whole_body(kind: str, rid: str, model: str, answer: Answer) -> dict[str, Any]:
-    """A non-streamed OpenAI response body."""
-    choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": answer.finish.reason}
-    if kind == "chat":
-        choice["message"] = {"role": "assistant", "content": answer.text, "refusal": None}
-    else:
-        choice["text"] = answer.text
-    return {
-        "id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{rid}",
-        "object": "chat.completion" if kind == "chat" else "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [choice],
-        "usage": _usage(answer.finish),
-    }
-
-
-class _SseChunks:
-    """Pre-serialised pieces of one stream's chunks, so each token costs one small dumps."""
-
-    def __init__(self, kind: str, rid: str, model: str, include_usage: bool) -> None:
-        self.chat = kind == "chat"
-        self.include_usage = include_usage
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        head = {
-            "id": f"{'chatcmpl' if self.chat else 'cmpl'}-{rid}",
-            "object": obj,
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": None,
-        }
-        self.head = head
-        self.prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,'
-        self.suffix = b',"logprobs":null,"finish_reason":null}]' + (
-            b',"usage":null}\n\n' if include_usage else b"}\n\n"
-        )
-
-    def role(self) -> bytes:
-        return self.prefix + b'"delta":{"role":"assistant","content":""}' + self.suffix
-
-    def text(self, text: str) -> bytes:
-        field = b'"delta":{"content":' if self.chat else b'"text":'
-        closing = b"}" if self.chat else b""
-        return self.prefix + field + orjson.dumps(text) + closing + self.suffix
-
-    def event(self, event: Event) -> bytes:
-        return self.text(event) if isinstance(event, str) else self.finish(event)
-
-    def finish(self, finish: Finish) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish.reason}
-        if self.chat:
-            choice["delta"] = {}
-        else:
-            choice["text"] = ""
-        last: dict[str, Any] = {**self.head, "choices": [choice]}
-        out = _sse(last | ({"usage": None} if self.include_usage else {}))
-        if self.include_usage:
-            out += _sse({**self.head, "choices": [], "usage": _usage(finish)})
-        return out + b"data: [DONE]\n\n"
-
-
-def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-async def sse(
-    chunks: _SseChunks, first: Event, events: AsyncGenerator[Event, None]
-) -> AsyncGenerator[bytes, None]:
-    """The SSE body: role chunk, text chunks, finish (+usage) chunk, [DONE]; errors as a chunk.
-
-    The role chunk leaves with the first event (one write); every later event leaves at once.
-    """
-    lead = chunks.role() if chunks.chat else b""
-    async with aclosing(events):
-        try:
-            yield lead + chunks.event(first)
-            async for event in events:
-                yield chunks.event(event)
-        except Exception as exc:  # the stream began: report in-band, as OpenAI does
-            yield _sse(stream_error(exc).openai_body())
-
-
-async def _serve(
-    kind: Literal["chat", "completion"],
-    req: GenerationRequest,
-    include_usage: bool,
+async def _forward(
     request: Request,
     gateway: Gateway,
-    caller: Caller,
+    backend: Backend,
+    path: str,
+    body: Json,
+    *,
+    prefix: str = "",
+    schema: tuple[bool, dict[str, Any] | None] = (False, None),
+    raw: bool = False,
 ) -> Response:
-    note_model(request, gateway, req.model)
-    backend = gateway.admit(caller, req.model, req.max_tokens)
-    rid = request_id(request)
-    if not req.stream:
-        answer = await run_whole(gateway, backend, req, request)
-        return Response(
-            orjson.dumps(whole_body(kind, rid, req.model, answer)),
-            200,
-            media_type="application/json",
+    """Forward `body` to `path`; answer with the engine's bytes (the model renamed back)."""
+    gateway.require(backend, path)
+    rename = renamer(backend.upstream_model, backend.model)
+    if body.get("stream"):
+        options = body.get("stream_options")
+        asked = isinstance(options, dict) and bool(options.get("include_usage"))
+        if not raw and not asked:  # usage feeds the token metrics; the client did not ask for it
+            body["stream_options"] = {**(options or {}), "include_usage": True}
+        reader = RawRelay(rename) if raw else SseRelay(rename, strip_usage=not asked)
+        return await stream(gateway, backend, path, body, request, reader, SSE, SSE_HEADERS, prefix)
+    reply = await whole(gateway, backend, path, body, request, prefix)
+    data = _parsed(reply.body) if not raw or path == EMBEDDINGS else None
+    if data is not None:
+        _count(gateway, backend, data)
+        if schema[0]:
+            for choice in data.get("choices") or ():
+                message = choice.get("message") or {}
+                if not message.get("tool_calls"):
+                    check_structured(str(message.get("content") or ""), schema[1])
+    content = rename(reply.body) if rename is not None else reply.body
+    return json_response(content, media_type=reply.content_type)
+
+
+def _parsed(body: bytes) -> Json | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _count(gateway: Gateway, backend: Backend, data: Json) -> None:
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        prompt = int(usage.get("prompt_tokens") or 0)
+        gateway.metrics.count_tokens(
+            backend.model, prompt, int(usage.get("completion_tokens") or 0)
         )
-    first, events = await open_stream(gateway, backend, req, request)
-    chunks = _SseChunks(kind, rid, req.model, include_usage)
-    return ChunkStreamResponse(
-        sse(chunks, first, events), media_type="text/event-stream", headers=SSE_HEADERS
-    )
 
 
 @router.post(
@@ -291,11 +195,13 @@ async def _serve(
     openapi_extra=request_body(ChatCompletionRequest),
 )
 async def chat_completions(request: Request) -> Response:
-    body = parse_body(request, ChatCompletionRequest)
-    gateway = gateway_of(request)
-    caller = caller_of(request, gateway)
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await _serve("chat", chat_request(body), include_usage, request, gateway, caller)
+    body = read_json(request)
+    owned = check(ChatCompletionRequest, body)
+    gateway, backend = _admit(request, owned.model, owned.max_completion_tokens or owned.max_tokens)
+    schema = _structured(owned.response_format)
+    prefix = chat_prefix(body["messages"], backend.routing.prefix_char_length)
+    body = _prepare(body, backend, limit_tokens=True)
+    return await _forward(request, gateway, backend, CHAT, body, prefix=prefix, schema=schema)
 
 
 @router.post(
@@ -304,22 +210,70 @@ async def chat_completions(request: Request) -> Response:
     openapi_extra=request_body(CompletionRequest),
 )
 async def completions(request: Request) -> Response:
-    body = parse_body(request, CompletionRequest)
-    gateway = gateway_of(request)
-    caller = caller_of(request, gateway)
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await _serve(
-        "completion", completion_request(body), include_usage, request, gateway, caller
-    )
+    body = read_json(request)
+    owned = check(CompletionRequest, body)
+    gateway, backend = _admit(request, owned.model, owned.max_tokens)
+    prefix = prompt_prefix(body["prompt"], backend.routing.prefix_char_length)
+    body = _prepare(body, backend, limit_tokens=True)
+    return await _forward(request, gateway, backend, COMPLETIONS, body, prefix=prefix)
+
+
+@router.post(
+    "/embeddings",
+    summary="Create embeddings (OpenAI)",
+    openapi_extra=request_body(EmbeddingRequest),
+)
+async def embeddings(request: Request) -> Response:
+    body = read_json(request)
+    owned = check(EmbeddingRequest, body)
+    gateway, backend = _admit(request, owned.model, None)
+    body = _prepare(body, backend, limit_tokens=False)
+    return await _forward(request, gateway, backend, EMBEDDINGS, body, raw=True)
 
 
 @router.get("/models", summary="List models (OpenAI)")
 async def models(gateway: GatewayDep, caller: CallerDep) -> dict[str, Any]:
-    data = [
-        {"id": b.model, "object": "model", "created": 0, "owned_by": "relais"}
-        for b in gateway.visible_backends(caller)
-    ]
+    data = [_model_card(b) for b in gateway.visible_backends(caller)]
     return {"object": "list", "data": data}
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionRequest, CompletionRequest)
+@router.get("/models/{model:path}", summary="Retrieve a model (OpenAI)")
+async def model(model: str, gateway: GatewayDep, caller: CallerDep) -> dict[str, Any]:
+    backend = gateway.source.resolve(model)
+    if backend is None or not caller.allows(model):
+        raise ModelNotFound(f"model {model!r} not found", param="model")
+    return _model_card(backend)
+
+
+def _model_card(backend: Backend) -> dict[str, Any]:
+    return {"id": backend.model, "object": "model", "created": 0, "owned_by": "relais"}
+
+
+@router.post(
+    "/{path:path}",
+    summary="Any other OpenAI-compatible route, routed by `model` (e.g. /v1/responses)",
+    openapi_extra=request_body(AnyModelRequest),
+)
+async def any_model_route(path: str, request: Request) -> Response:
+    body = read_json(request)
+    owned = check(AnyModelRequest, body)
+    limit = _first_int(body, "max_output_tokens", "max_completion_tokens", "max_tokens")
+    gateway, backend = _admit(request, owned.model, limit)
+    body["model"] = backend.upstream_model
+    return await _forward(request, gateway, backend, f"/v1/{path}", body, raw=True)
+
+
+def _first_int(body: Json, *names: str) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    AnyModelRequest,
+)

@@ -1,0 +1,149 @@
+"""Streams forwarded as the engine sent them, reading on the way only what the gateway needs.
+
+An engine's stream reaches the client line by line, without re-encoding: the relays split network
+chunks at line ends (so no line is ever cut in two) and hand the complete lines on. On the way they
+note the end marker (SSE `data: [DONE]`, Ollama's `"done": true` line), the token counts, and the
+usage chunk the gateway asked for on the client's behalf (dropped again when the client did not ask
+for it). Scanning is by byte search; a line is parsed only when it carries counts, once a stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+USAGE_MARKS = (b'"usage":{', b'"usage": {')
+DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
+NDJSON_DONE_MARKS = (b'"done":true', b'"done": true')
+
+
+class Rename:
+    """Puts the served model name back where the engine wrote its own name for the model."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, engine_name: str, served_name: str) -> None:
+        old, new = orjson.dumps(engine_name), orjson.dumps(served_name)
+        self._pairs = [
+            (b'"model":' + old, b'"model":' + new),
+            (b'"model": ' + old, b'"model": ' + new),
+        ]
+
+    def __call__(self, data: bytes) -> bytes:
+        for old, new in self._pairs:
+            data = data.replace(old, new)
+        return data
+
+
+def renamer(engine_name: str, served_name: str) -> Rename | None:
+    """A `Rename` when the two names differ, else None (nothing to do)."""
+    return Rename(engine_name, served_name) if engine_name != served_name else None
+
+
+class _Lines:
+    """Splits network chunks into runs of complete lines, keeping the partial tail."""
+
+    def __init__(self, rename: Rename | None) -> None:
+        self.rename = rename
+        self.ended = False
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.lines = 0
+        self._tail = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete lines of `data` (after what was held back), ready to forward."""
+        if self._tail:
+            data = self._tail + data
+        cut = data.rfind(b"\n") + 1
+        self._tail = data[cut:]
+        return self._complete(data[:cut]) if cut else b""
+
+    def close(self) -> bytes:
+        """What is left when the engine's body ends (a last line with no newline)."""
+        tail, self._tail = self._tail, b""
+        return self._complete(tail + b"\n") if tail.strip() else b""
+
+    def _complete(self, lines: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class SseRelay(_Lines):
+    """An OpenAI-style SSE stream (`data: {...}` events, then `data: [DONE]`)."""
+
+    def __init__(self, rename: Rename | None, *, strip_usage: bool) -> None:
+        super().__init__(rename)
+        self.strip_usage = strip_usage
+
+    def _complete(self, lines: bytes) -> bytes:
+        self.lines += lines.count(b"data:")
+        if not self.ended and any(mark in lines for mark in DONE_MARKS):
+            self.ended = True
+        if any(mark in lines for mark in USAGE_MARKS):
+            lines = self._usage(lines)
+        return self.rename(lines) if self.rename is not None else lines
+
+    def _usage(self, lines: bytes) -> bytes:
+        kept: list[bytes] = []
+        for line in lines.split(b"\n"):
+            if line.startswith(b"data:") and any(mark in line for mark in USAGE_MARKS):
+                data = _loads(line[5:])
+                usage = data.get("usage") if isinstance(data, dict) else None
+                if isinstance(usage, dict):
+                    self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    self.completion_tokens = int(usage.get("completion_tokens") or 0)
+                    if self.strip_usage and not data.get("choices"):
+                        continue  # the chunk we asked for on the client's behalf
+            kept.append(line)
+        return b"\n".join(kept)
+
+    def error(self, message: str) -> bytes:
+        """An in-band error event, as OpenAI sends one: `openai` clients raise on it."""
+        body = {"error": {"message": message, "type": "server_error", "code": "upstream_error"}}
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+class NdjsonRelay(_Lines):
+    """An Ollama NDJSON stream: JSON lines, the last one with `"done": true` and the counts."""
+
+    def _complete(self, lines: bytes) -> bytes:
+        self.lines += lines.count(b"\n")
+        if any(mark in lines for mark in NDJSON_DONE_MARKS):
+            for line in lines.split(b"\n"):
+                if any(mark in line for mark in NDJSON_DONE_MARKS):
+                    data = _loads(line)
+                    if isinstance(data, dict) and data.get("done") is True:
+                        self.ended = True
+                        self.prompt_tokens = int(data.get("prompt_eval_count") or 0)
+                        self.completion_tokens = int(data.get("eval_count") or 0)
+        return self.rename(lines) if self.rename is not None else lines
+
+    @staticmethod
+    def error(message: str) -> bytes:
+        """An in-band error line, as Ollama sends one: `ollama` clients raise on it."""
+        return orjson.dumps({"error": message}) + b"\n"
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class RawRelay(_Lines):
+    """Any other stream (e.g. `/v1/responses` events): forwarded whole, nothing read."""
+
+    def __init__(self, rename: Rename | None) -> None:
+        super().__init__(rename)
+        self.ended = True  # no end marker is known for an arbitrary route
+
+    def _complete(self, lines: bytes) -> bytes:
+        self.lines += lines.count(b"data:")
+        return self.rename(lines) if self.rename is not None else lines
+
+    @staticmethod
+    def error(message: str) -> bytes:
+        body = {"error": {"message": message, "type": "server_error", "code": "upstream_error"}}
+        return b"data: " + orjson.dumps(body) + b"\n\n"

@@ -1,0 +1,205 @@
+"""The upstream side of the hot path: one exchange with a replica of a backend's engine.
+
+Owns replica choice (the balancer), in-flight accounting per replica, timeouts (connect, first
+byte, stream idle), ejection of failing replicas and the retry: any failure before the first
+byte could reach the client (connection refused or reset, an engine 502/503, a stream that drops
+before its first data) is retried on another replica, for streamed and whole answers alike.
+Bytes are returned as the engine sent them; reading them is the callers' business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import aiohttp
+
+from relais_gateway.balancer import Balancer
+from relais_gateway.errors import (
+    NoReadyReplica,
+    UpstreamError,
+    UpstreamTimeout,
+    from_engine_status,
+    upstream_errors,
+)
+from relais_gateway.metrics import Metrics
+from relais_gateway.registry import Backend
+from relais_gateway.settings import Settings
+
+MAX_ATTEMPTS = 3
+DRAIN_TIMEOUT_S = 1.0
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole (non-streamed) 200 answer of an engine."""
+
+    content_type: str
+    body: bytes
+
+
+class Upstream:
+    """Sends requests to engine replicas over the one pooled aiohttp session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        balancer: Balancer,
+        metrics: Metrics,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.balancer = balancer
+        self.metrics = metrics
+
+    async def whole(
+        self, backend: Backend, path: str, payload: bytes, request_id: str, prefix: str = ""
+    ) -> Reply:
+        """POST `payload` to `path` on a replica and read the whole 200 answer."""
+        tried: list[str] = []
+        while True:
+            replica = self._pick(backend, tried, prefix)
+            self.balancer.begin_replica(replica)
+            try:
+                with upstream_errors(replica):
+                    async with asyncio.timeout(self.settings.first_byte_timeout_s):
+                        reply = await self._exchange(replica + path, payload, request_id)
+                self.balancer.restore(replica)
+                return reply
+            except (UpstreamError, UpstreamTimeout) as exc:
+                self._failed(replica)
+                if not self._retry(exc, tried, backend):
+                    raise
+            finally:
+                self.balancer.end_replica(replica)
+
+    async def stream(
+        self, backend: Backend, path: str, payload: bytes, request_id: str, prefix: str = ""
+    ) -> AsyncGenerator[bytes, None]:
+        """The answer's chunks as they arrive; the first `anext` connects (with retries).
+
+        Errors before the first chunk are plain gateway errors; later ones (a drop, the idle
+        timeout) are raised from the iteration, when the client already has bytes.
+        """
+        tried: list[str] = []
+        while True:
+            replica = self._pick(backend, tried, prefix)
+            self.balancer.begin_replica(replica)
+            try:
+                try:
+                    with upstream_errors(replica):
+                        resp, first = await self._open(replica + path, payload, request_id)
+                except (UpstreamError, UpstreamTimeout) as exc:
+                    self._failed(replica)
+                    if self._retry(exc, tried, backend):
+                        continue
+                    raise
+                async for chunk in self._relay(replica, resp, first):
+                    yield chunk
+                return
+            finally:
+                self.balancer.end_replica(replica)
+
+    # ------------------------------------------------------------------ internals
+
+    def _pick(self, backend: Backend, tried: list[str], prefix: str) -> str:
+        replica = self.balancer.pick(backend.replicas, tried, prefix=prefix, policy=backend.routing)
+        if replica is None:
+            raise NoReadyReplica(
+                f"model {backend.model!r} has no ready replica",
+                retry_after_s=self.settings.retry_after_s,
+            )
+        tried.append(replica)
+        return replica
+
+    @staticmethod
+    def _retry(exc: Exception, tried: list[str], backend: Backend) -> bool:
+        """Whether to try another replica: a retryable failure, and replicas left to try."""
+        retryable = isinstance(exc, UpstreamError) and exc.retryable
+        return retryable and len(tried) < min(MAX_ATTEMPTS, len(backend.replicas))
+
+    def _failed(self, replica: str) -> None:
+        self.balancer.eject(replica)
+        self.metrics.upstream_failures.labels(replica).inc()
+
+    def _headers(self, request_id: str) -> dict[str, str]:
+        return {"Content-Type": "application/json", "X-Request-ID": request_id}
+
+    async def _exchange(self, url: str, payload: bytes, request_id: str) -> Reply:
+        resp = await self.session.post(url, data=payload, headers=self._headers(request_id))
+        try:
+            body = await resp.read()
+        except BaseException:
+            resp.close()  # never hand a half-read connection back to the pool
+            raise
+        resp.release()
+        if resp.status != 200:
+            raise from_engine_status(resp.status, body[:ERROR_BODY_LIMIT])
+        return Reply(resp.headers.get("Content-Type", "application/json"), body)
+
+    async def _open(
+        self, url: str, payload: bytes, request_id: str
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """The response and its first data, both within the first-byte timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.first_byte_timeout_s
+        async with asyncio.timeout_at(deadline):
+            resp = await self.session.post(url, data=payload, headers=self._headers(request_id))
+        try:
+            if resp.status != 200:
+                async with asyncio.timeout_at(deadline):
+                    body = await resp.content.read(ERROR_BODY_LIMIT)
+                raise from_engine_status(resp.status, body)
+            first = await read_upstream(resp.content, deadline - loop.time())
+            if not first:
+                raise UpstreamError("engine closed the stream before any data", retryable=True)
+        except BaseException:
+            resp.close()
+            raise
+        return resp, first
+
+    async def _relay(
+        self, replica: str, resp: aiohttp.ClientResponse, first: bytes
+    ) -> AsyncGenerator[bytes, None]:
+        """The first chunk, then the rest within the idle timeout; a failure ejects the replica."""
+        try:
+            yield first
+            idle = self.settings.stream_idle_timeout_s
+            with upstream_errors(replica):
+                while data := await read_upstream(resp.content, idle):
+                    yield data
+        except (UpstreamError, UpstreamTimeout):
+            self._failed(replica)
+            resp.close()
+            raise
+        except BaseException:
+            resp.close()  # the client left, or shutdown: never pool a half-read connection
+            raise
+        self.balancer.restore(replica)
+        resp.release()
+
+
+before_network_wait: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "before_network_wait", default=None
+)
+"""Set by a stream's sender: called before the upstream read waits for the network.
+
+Chunks decoded from one network read are then sent to the client in one write, and nothing is
+held back while the gateway waits for more: chunks stay unbuffered, writes stay few.
+"""
+
+
+async def read_upstream(reader: aiohttp.StreamReader, timeout_s: float) -> bytes:
+    """The data already received, or (after `before_network_wait`) the next to arrive."""
+    data = reader.read_nowait()
+    if data or reader.at_eof():
+        return data
+    flush = before_network_wait.get()
+    if flush is not None:
+        await flush()
+    async with asyncio.timeout(timeout_s):  # a timer only when there is a wait
+        return await reader.readany()
