@@ -397,10 +397,22 @@ async def test_tgi_generate_stream_sse(fake_tgi: FakeEngine, http: aiohttp.Clien
     assert stopped[-1]["generated_text"] == "Relais fake engine"
 
 
-async def test_tgi_grammar(fake_tgi: FakeEngine, http: aiohttp.ClientSession) -> None:
-    body = {"inputs": "hi", "parameters": {"grammar": {"type": "json", "value": SCHEMA}}}
+@pytest.mark.parametrize(
+    "grammar",
+    [
+        {"type": "json", "value": SCHEMA},
+        {"type": "json_schema", "value": {"name": "person", "schema": SCHEMA}},
+    ],
+)
+async def test_tgi_grammar(
+    grammar: dict[str, Any], fake_tgi: FakeEngine, http: aiohttp.ClientSession
+) -> None:
+    body = {"inputs": "hi", "parameters": {"grammar": grammar}}
     async with http.post(fake_tgi.url + "/generate", json=body) as response:
         jsonschema.validate(json.loads((await response.json())["generated_text"]), SCHEMA)
+    body = {"inputs": "hi", "parameters": {"grammar": {"type": "json_schema", "value": {}}}}
+    async with http.post(fake_tgi.url + "/generate", json=body) as response:
+        assert response.status == 422
 
 
 async def test_tgi_service_routes(fake_tgi: FakeEngine, http: aiohttp.ClientSession) -> None:
@@ -1165,3 +1177,38 @@ def test_fake_engine_binds_a_chosen_address() -> None:
         FakeEngine("ollama", port=70000)
     with pytest.raises(ValueError, match="engine"):
         FakeEngine("llamacpp")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("engine", "arguments", "status"),
+    [
+        ("vllm", '{"city": "Paris"}', 200),
+        ("vllm", {"city": "Paris"}, 200),  # vLLM's templates take an object too
+        ("vllm", "", 200),  # read as {}
+        ("vllm", "{not json", 400),
+        ("ollama", {"city": "Paris"}, 400),  # Ollama's /v1 wants OpenAI's JSON string
+        ("ollama", "{not json", 400),
+        ("tgi", {"city": "Paris"}, 200),
+    ],
+)
+async def test_replayed_tool_calls_are_checked_as_each_engine_does(
+    engine: str,
+    arguments: Any,
+    status: int,
+    fakes: dict[str, FakeEngine],
+    http: aiohttp.ClientSession,
+) -> None:
+    function = {"name": "get_weather", "arguments": arguments}
+    call: dict[str, Any] = {"id": "call_1", "type": "function", "function": function}
+    messages = [
+        *MESSAGES,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "sunny"},  # no tool_call_id: accepted by these engines
+    ]
+    body = {"model": ENGINE_MODEL[engine], "messages": messages, "tools": TOOLS}
+    async with http.post(fakes[engine].url + "/v1/chat/completions", json=body) as response:
+        expected = 422 if engine == "tgi" and status == 400 else status
+        assert response.status == expected
+        answer = await response.json()
+    if status == 200:
+        assert answer["choices"][0]["message"]["content"].startswith("The tool returned sunny.")

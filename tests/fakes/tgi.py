@@ -123,11 +123,21 @@ def _validate(parameters: dict[str, Json], inputs: str) -> None:
 
 
 def _grammar(value: Json) -> Json:
+    """TGI's `GrammarType`: `{"type": "json"|"json_object"|"regex"|"json_schema", "value": ...}`;
+    `json_schema`'s value holds `{"name"?, "schema"}`."""
+    kinds = ("json", "json_object", "regex", "json_schema")
     if value is None:
         return None
-    if not isinstance(value, dict) or value.get("type") not in ("json", "json_object", "regex"):
-        raise BadRequest("Input validation error: grammar must be {type: json|regex, value}", 422)
-    return None if value["type"] == "regex" else parse_schema(value.get("value") or {})
+    if not isinstance(value, dict) or value.get("type") not in kinds:
+        raise BadRequest(
+            "Input validation error: grammar must be {type: json|json_schema|regex, value}", 422
+        )
+    inner = value.get("value") or {}
+    if value["type"] == "json_schema":
+        inner = inner.get("schema") if isinstance(inner, dict) else None
+        if inner is None:
+            raise BadRequest("Input validation error: json_schema grammar needs value.schema", 422)
+    return None if value["type"] == "regex" else parse_schema(inner)
 
 
 def _parameters(body: dict[str, Json]) -> dict[str, Json]:
