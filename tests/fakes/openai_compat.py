@@ -3,7 +3,8 @@
 The engines differ in small, observable ways, captured by `Flavor`: Ollama writes `data: ` and
 sends headers with the first chunk; TGI (axum) writes `data:` and sends headers at once; vLLM
 sends a role-only first delta and `"usage": null` on every chunk when usage is requested; their
-error bodies, tool-call shapes, image rules and the `model` they report differ.
+error bodies, tool-call shapes (`_tool_call_json`, `TOOL_STREAMS`), image rules and the `model`
+they report differ. Who calls a tool, and with what, is `core.tool_plan`'s policy.
 """
 
 from __future__ import annotations
@@ -471,6 +472,7 @@ class Event:
 
 
 def _delta_events(answer: Answer, index: int, flavor: Flavor, top: int | None) -> list[Event]:
+    """One choice's stream: (vLLM's role delta,) reasoning, then text or a tool call, finish."""
     role: dict[str, Json] = {"role": "assistant"} if flavor.role_every_delta else {}
 
     def event(delta: dict[str, Json], *, finish: str | None = None, lp: Json = None) -> Event:
@@ -493,37 +495,55 @@ def _delta_events(answer: Answer, index: int, flavor: Flavor, top: int | None) -
 
 
 def _tool_events(answer: Answer, index: int, flavor: Flavor) -> list[Event]:
-    """A tool call streamed the engine's way (see the module docstring)."""
-    assert answer.tool is not None
-    name, call_id = answer.tool.name, answer.tool_id
-    fragments = json_pieces(answer.arguments)
+    """A tool call streamed the engine's way (see `TOOL_STREAMS`)."""
 
     def event(delta: dict[str, Json], finish: str | None = None) -> Event:
         payload = {"delta": delta, "logprobs": None, "finish_reason": finish}
         return Event(index, payload, finish is None)
 
-    if flavor.tool_style == "ollama":  # one delta with the whole call
-        done: dict[str, Json] = {"role": "assistant", "content": ""}
-        delta = {**done, "tool_calls": [_tool_call_json(answer, "ollama")]}
-        return [event(delta), event(done, "tool_calls")]
-    if flavor.tool_style == "tgi":  # the name with "{", then the rest, the last one finishing
-        head, rest = answer.arguments[:1], json_pieces(answer.arguments[1:]) or [""]
-        parts = [(name, head), *[(None, frag) for frag in rest]]
-        calls = [
-            {"index": 0, "id": call_id, "type": "function", "function": {"name": n, "arguments": a}}
-            for n, a in parts
-        ]
-        last = len(calls) - 1
-        return [
-            event({"role": "assistant", "tool_calls": [c]}, "stop" if i == last else None)
-            for i, c in enumerate(calls)
-        ]
-    first = {"index": 0, "id": call_id, "type": "function"}
-    first["function"] = {"name": name, "arguments": ""}
+    return TOOL_STREAMS[flavor.tool_style](answer, event)
+
+
+EventMaker: TypeAlias = Callable[..., Event]
+
+
+def _ollama_tool_stream(answer: Answer, event: EventMaker) -> list[Event]:
+    """Ollama `/v1`: one delta with the whole call, then the finishing delta."""
+    done: dict[str, Json] = {"role": "assistant", "content": ""}
+    delta = {**done, "tool_calls": [_tool_call_json(answer, "ollama")]}
+    return [event(delta), event(done, "tool_calls")]
+
+
+def _tgi_tool_stream(answer: Answer, event: EventMaker) -> list[Event]:
+    """TGI: the name with `{`, then the other fragments (name null), the last one finishing."""
+    assert answer.tool is not None
+    rest = json_pieces(answer.arguments[1:]) or [""]
+    parts = [(answer.tool.name, answer.arguments[:1]), *[(None, fragment) for fragment in rest]]
+    events = []
+    for number, (name, arguments) in enumerate(parts):
+        call = {"index": 0, "id": answer.tool_id, "type": "function"}
+        call["function"] = {"name": name, "arguments": arguments}
+        finish = "stop" if number == len(parts) - 1 else None
+        events.append(event({"role": "assistant", "tool_calls": [call]}, finish))
+    return events
+
+
+def _openai_tool_stream(answer: Answer, event: EventMaker) -> list[Event]:
+    """vLLM (as OpenAI): index/id/type/name with empty arguments, argument fragments, finish."""
+    assert answer.tool is not None
+    first = {"index": 0, "id": answer.tool_id, "type": "function"}
+    first["function"] = {"name": answer.tool.name, "arguments": ""}
     events = [event({"tool_calls": [first]})]
-    for fragment in fragments:
+    for fragment in json_pieces(answer.arguments):
         events.append(event({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}))
     return [*events, event({}, "tool_calls")]
+
+
+TOOL_STREAMS: dict[ToolStyle, Callable[[Answer, EventMaker], list[Event]]] = {
+    "ollama": _ollama_tool_stream,
+    "tgi": _tgi_tool_stream,
+    "openai": _openai_tool_stream,
+}
 
 
 def _interleave(per_choice: list[list[Event]]) -> list[Event]:

@@ -1170,9 +1170,10 @@ async def test_tgi_logprobs_grammar_forms_and_no_embeddings(
 
 def test_fake_engine_binds_a_chosen_address() -> None:
     port = free_port("127.0.0.2")
-    with FakeEngine("vllm", host="127.0.0.2", port=port) as fake:
+    with FakeEngine("vllm", host="127.0.0.2", port=port, reasoning=True, embedding_dim=4) as fake:
         assert fake.url == f"http://127.0.0.2:{port}"
-        assert fake.configure_sync()["embedding_dim"] == 8
+        config = fake.configure_sync()
+        assert (config["reasoning"], config["embedding_dim"]) == (True, 4)
     with pytest.raises(ValueError, match="port"):
         FakeEngine("ollama", port=70000)
     with pytest.raises(ValueError, match="engine"):
