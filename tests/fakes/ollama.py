@@ -4,7 +4,8 @@ Native routes: `POST /api/chat`, `POST /api/generate` (NDJSON streaming by defau
 with `done`, `done_reason` and the duration/count fields; `tools`, base64 `images`, `think`),
 `POST /api/embed`, `POST /api/embeddings` (legacy), `GET /api/tags`, `GET /api/version`,
 `POST /api/show` (with `capabilities`), `GET /api/ps`, `GET`/`HEAD /`. Errors are
-`{"error": "..."}`. The `/v1` routes add tools, `data:` image URLs and `/v1/embeddings`.
+`{"error": "..."}`. The `/v1` routes add tools, `data:` image URLs, `/v1/embeddings` and
+`message.reasoning` (the `reasoning` switch, or `reasoning_effort` other than "none").
 Run: `python -m tests.fakes.ollama --port 11434 [--first-token-delay-ms 50 ...]`.
 """
 
@@ -121,6 +122,8 @@ FLAVOR = Flavor(
     image_bytes=image_url_bytes,
     embeddings=True,
     clamp_dimensions=True,
+    reasoning_fields=("reasoning",),
+    effort_sets_reasoning=True,
 )
 
 

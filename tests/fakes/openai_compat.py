@@ -85,7 +85,9 @@ class Flavor:
     vllm_extras: bool = False  # n > 1, batched prompts, structured_outputs / guided_json
     role_every_delta: bool = True  # False: one role-only first delta, then bare deltas (vLLM)
     usage_null_in_chunks: bool = False  # with include_usage, every chunk has "usage": null
-    reasoning_fields: tuple[str, ...] = ()  # message fields that carry reasoning (switch)
+    reasoning_fields: tuple[str, ...] = ()  # message fields carrying reasoning (`reasoning`)
+    reasoning_null: bool = False  # the fields are null without reasoning (vLLM), else absent
+    effort_sets_reasoning: bool = False  # `reasoning_effort` turns thinking on/off (Ollama)
     logprob_bytes: bool = True
     max_logprobs: int = 20
     embeddings: bool = False
@@ -344,8 +346,7 @@ def _answers(request: web.Request, body: dict[str, Json], flavor: Flavor) -> lis
         switches, body.get("tools"), body.get("tool_choice"), convo.tool_result is not None
     )
     reasoning: list[str] = []
-    wants_reasoning = switches.reasoning and body.get("include_reasoning") is not False
-    if flavor.reasoning_fields and wants_reasoning:
+    if flavor.reasoning_fields and _wants_reasoning(body, switches, flavor):
         reasoning = word_pieces(REASONING_TEXT, count_tokens(REASONING_TEXT), 0)
     return [
         Answer(
@@ -356,6 +357,26 @@ def _answers(request: web.Request, body: dict[str, Json], flavor: Flavor) -> lis
         )
         for i in range(_choices(body, flavor))
     ]
+
+
+EFFORTS = ("minimal", "low", "medium", "high", "max", "xhigh", "ultra")
+
+
+def _wants_reasoning(body: dict[str, Json], switches: Switches, flavor: Flavor) -> bool:
+    """The `reasoning` switch (a reasoning model), unless the request says otherwise."""
+    if body.get("include_reasoning") is False:
+        return False
+    if not flavor.effort_sets_reasoning:
+        return switches.reasoning
+    nested = body.get("reasoning")
+    effort = nested.get("effort") if isinstance(nested, dict) else body.get("reasoning_effort")
+    if effort in (None, ""):
+        return switches.reasoning
+    if effort == "none":
+        return False
+    if effort not in EFFORTS:
+        raise BadRequest(f"invalid reasoning value: {json.dumps(effort)}")
+    return True
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -410,8 +431,8 @@ def _message(answer: Answer, flavor: Flavor) -> dict[str, Json]:
             del message["content"]  # TGI's ToolCallMessage has no content
         else:
             message["content"] = None if flavor.tool_style == "openai" else ""
-    for field in flavor.reasoning_fields:
-        message[field] = "".join(answer.reasoning) or None
+    if answer.reasoning or flavor.reasoning_null:
+        message |= dict.fromkeys(flavor.reasoning_fields, "".join(answer.reasoning) or None)
     return message
 
 
@@ -483,15 +504,15 @@ def _delta_events(answer: Answer, index: int, flavor: Flavor, top: int | None) -
     if not flavor.role_every_delta:  # one role-only delta, sent with the first token
         opening = {"delta": {"role": "assistant", "content": ""}, "logprobs": None}
         events.append(Event(index, {**opening, "finish_reason": None}, False))
+    blank: dict[str, Json] = {**role, "content": ""} if flavor.role_every_delta else {}
     for piece in answer.reasoning:
-        events.append(event({**role, **dict.fromkeys(flavor.reasoning_fields, piece)}))
+        events.append(event({**blank, **dict.fromkeys(flavor.reasoning_fields, piece)}))
     if answer.tool is not None:
         return events + _tool_events(answer, index, flavor)
     for i, piece in enumerate(answer.plan.pieces):
         lp = None if top is None else {"content": [_logprob_entry(piece, i, top, flavor)]}
         events.append(event({**role, "content": piece}, lp=lp))
-    final = {**role, "content": ""} if flavor.role_every_delta else {}
-    return [*events, event(final, finish=answer.plan.finish)]
+    return [*events, event(blank, finish=answer.plan.finish)]
 
 
 def _tool_events(answer: Answer, index: int, flavor: Flavor) -> list[Event]:

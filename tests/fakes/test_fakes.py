@@ -1213,3 +1213,25 @@ async def test_replayed_tool_calls_are_checked_as_each_engine_does(
         answer = await response.json()
     if status == 200:
         assert answer["choices"][0]["message"]["content"].startswith("The tool returned sunny.")
+
+
+async def test_ollama_v1_reasoning(fake_ollama: FakeEngine, http: aiohttp.ClientSession) -> None:
+    url = fake_ollama.url + "/v1/chat/completions"
+    body: dict[str, Any] = {"model": "m", "messages": MESSAGES, "max_tokens": 1}
+
+    async def message(**extra: Any) -> dict[str, Any]:
+        async with http.post(url, json={**body, **extra}) as response:
+            assert response.status == 200
+            answer: dict[str, Any] = (await response.json())["choices"][0]["message"]
+            return answer
+
+    assert await message() == {"role": "assistant", "content": WORDS[0]}  # no reasoning key
+    assert (await message(reasoning_effort="low"))["reasoning"] == REASONING_TEXT
+    await fake_ollama.configure(reasoning=True)
+    assert (await message())["reasoning"] == REASONING_TEXT
+    assert "reasoning" not in await message(reasoning={"effort": "none"})
+    chunks = await sse_payloads(http, url, {**body, "stream": True})
+    thought = "".join(c["choices"][0]["delta"].get("reasoning", "") for c in chunks)
+    assert thought == REASONING_TEXT
+    async with http.post(url, json={**body, "reasoning_effort": "galaxy-brain"}) as response:
+        assert response.status == 400

@@ -131,6 +131,7 @@ FLAVOR = Flavor(
     role_every_delta=False,
     usage_null_in_chunks=True,
     reasoning_fields=("reasoning_content", "reasoning"),
+    reasoning_null=True,
     max_logprobs=MAX_LOGPROBS,
     embeddings=True,
     validate=validate_sampling,
