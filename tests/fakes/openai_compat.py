@@ -447,12 +447,15 @@ def _choice(answer: Answer, index: int, flavor: Flavor, top: int | None) -> dict
     if top is not None and answer.tool is None:
         pieces = answer.plan.pieces
         logprobs = {"content": [_logprob_entry(p, i, top, flavor) for i, p in enumerate(pieces)]}
-    return {
+    choice = {
         "index": index,
         "message": _message(answer, flavor),
         "logprobs": logprobs,
         "finish_reason": _finish(answer, flavor),
     }
+    if flavor.vllm_extras:  # vLLM names the stop string that ended generation
+        choice["stop_reason"] = answer.plan.stop_seq
+    return choice
 
 
 # ---------------------------------------------------------------- chat completions
@@ -512,7 +515,10 @@ def _delta_events(answer: Answer, index: int, flavor: Flavor, top: int | None) -
     for i, piece in enumerate(answer.plan.pieces):
         lp = None if top is None else {"content": [_logprob_entry(piece, i, top, flavor)]}
         events.append(event({**role, "content": piece}, lp=lp))
-    return [*events, event(blank, finish=answer.plan.finish)]
+    final = event(blank, finish=answer.plan.finish)
+    if flavor.vllm_extras:
+        final.payload["stop_reason"] = answer.plan.stop_seq
+    return [*events, final]
 
 
 def _tool_events(answer: Answer, index: int, flavor: Flavor) -> list[Event]:

@@ -674,8 +674,13 @@ async def test_vllm_n_choices_and_chat_logprobs(fake_vllm: FakeEngine) -> None:
             )
     assert answer.usage is not None
     assert answer.usage.completion_tokens == 6
-    plain = await oai(fake_vllm).chat.completions.create(model=VLLM_MODEL, messages=MESSAGES)
+    plain = await oai(fake_vllm).chat.completions.create(
+        model=VLLM_MODEL, messages=MESSAGES, stop=[" engine"]
+    )
     assert plain.choices[0].logprobs is None
+    stopped = plain.choices[0]
+    assert (stopped.message.content, stopped.finish_reason) == (WORDS[0] + " fake", "stop")
+    assert (stopped.model_extra or {})["stop_reason"] == " engine"
 
 
 async def test_vllm_stream_usage_chunks_and_role_delta(
