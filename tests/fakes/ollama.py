@@ -1,7 +1,8 @@
 """A fake Ollama server speaking Ollama's documented HTTP API (docs/api.md) and its `/v1` routes.
 
 Native routes: `POST /api/chat`, `POST /api/generate` (NDJSON streaming by default, final chunk
-with `done`, `done_reason` and the duration/count fields; `tools`, base64 `images`, `think`),
+with `done`, `done_reason` and the duration/count fields; `tools`, base64 `images`, `think`,
+`logprobs`/`top_logprobs`),
 `POST /api/embed`, `POST /api/embeddings` (legacy), `GET /api/tags`, `GET /api/version`,
 `POST /api/show` (with `capabilities`), `GET /api/ps`, `GET`/`HEAD /`. Errors are
 `{"error": "..."}`. The `/v1` routes add tools, `data:` image URLs, `/v1/embeddings` and
@@ -32,6 +33,7 @@ from tests.fakes.core import (
     Plan,
     Switches,
     ToolCall,
+    alternatives,
     begin,
     check_model,
     count_tokens,
@@ -49,6 +51,7 @@ from tests.fakes.core import (
     sleep_ms,
     stream_with_drops,
     switches_from_args,
+    token_logprob,
     tool_plan,
     word_pieces,
 )
@@ -262,6 +265,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         _plan(request, body, convo.prompt, convo.preface),
         _thinking(request, body),
         None if tool is None else _tool_call(tool),
+        _top_logprobs(body),
     )
     return await _answer(request, body, model, reply, start, _chat_part)
 
@@ -277,7 +281,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         return _load_answer(model, body, "response")
     preface = image_preface(_images(body.get("images")))
     plan = _plan(request, body, f"{body.get('system') or ''} {prompt}", preface)
-    reply = Reply(plan, _thinking(request, body), None)
+    reply = Reply(plan, _thinking(request, body), None, _top_logprobs(body))
     return await _answer(request, body, model, reply, start, _generate_part)
 
 
@@ -296,6 +300,7 @@ class Reply:
     plan: Plan
     thinking: list[str]
     tool_call: dict[str, Json] | None
+    top_logprobs: int | None = None  # None: no logprobs asked for
 
     @property
     def pieces(self) -> list[str]:
@@ -317,6 +322,31 @@ class Reply:
             fields["tool_calls"] = [self.tool_call]
         return fields
 
+    def logprobs(self, index: int | None = None) -> dict[str, Json]:
+        """The top-level `logprobs` of one content piece (or of all), when asked for."""
+        if self.top_logprobs is None:
+            return {}
+        indexes = range(len(self.pieces)) if index is None else [index]
+        return {"logprobs": [_logprob(self.pieces[i], i, self.top_logprobs) for i in indexes]}
+
+
+def _logprob(piece: str, index: int, top: int) -> dict[str, Json]:
+    def one(token: str, logprob: float) -> dict[str, Json]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    entry = one(piece, token_logprob(index))
+    if top:
+        entry["top_logprobs"] = [one(t, lp) for t, lp in alternatives(piece, index, top)]
+    return entry
+
+
+def _top_logprobs(body: dict[str, Json]) -> int | None:
+    """`logprobs` and `top_logprobs` (0-20, checked even without `logprobs`, as Ollama does)."""
+    top = body.get("top_logprobs", 0)
+    if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20:
+        raise BadRequest("top_logprobs must be between 0 and 20")
+    return top if body.get("logprobs") else None
+
 
 async def _answer(
     request: web.Request,
@@ -335,13 +365,14 @@ async def _answer(
         text = "".join(reply.pieces)
         final = {"model": model, "created_at": created_at(), **part(text, **reply.fields())}
         done = {"done": True, "done_reason": reply.done_reason, **extra, **metrics}
+        done |= reply.logprobs()
         return web.json_response({**final, **done})
 
     def line(payload: dict[str, Json]) -> bytes:
         return json.dumps({"model": model, "created_at": created_at(), **payload}).encode() + b"\n"
 
     chunks = [part("", thinking=piece) for piece in reply.thinking]
-    chunks += [part(piece) for piece in reply.pieces]
+    chunks += [{**part(p), **reply.logprobs(i)} for i, p in enumerate(reply.pieces)]
     if reply.tool_call:  # Ollama sends the whole call in one chunk before the done chunk
         chunks.append(part("", tool_calls=[reply.tool_call]))
 

@@ -1240,3 +1240,18 @@ async def test_ollama_v1_reasoning(fake_ollama: FakeEngine, http: aiohttp.Client
     assert thought == REASONING_TEXT
     async with http.post(url, json={**body, "reasoning_effort": "galaxy-brain"}) as response:
         assert response.status == 400
+
+
+async def test_ollama_native_logprobs(fake_ollama: FakeEngine, http: aiohttp.ClientSession) -> None:
+    client = ollama.AsyncClient(host=fake_ollama.url)
+    answer = await client.chat(
+        "m", MESSAGES, logprobs=True, top_logprobs=2, options={"num_predict": 2}
+    )
+    assert [lp.token for lp in answer.logprobs or []] == [WORDS[0], " " + WORDS[1]]
+    assert all(len(lp.top_logprobs or []) == 2 for lp in answer.logprobs or [])
+    parts = [p async for p in await client.generate("m", "x", logprobs=True, stream=True)]
+    assert [len(p.logprobs or []) for p in parts] == [1] * 8 + [0]
+    assert (await client.chat("m", MESSAGES)).logprobs is None
+    body = {"model": "m", "messages": MESSAGES, "top_logprobs": 21}
+    async with http.post(fake_ollama.url + "/api/chat", json=body) as response:
+        assert response.status == 400
