@@ -13,7 +13,7 @@ Features real apps use are deterministic too, so a test can tell that a request 
   Otherwise it answers text; after a tool result the text starts with `The tool returned <content>.`
   so a round trip is visible (`tool_plan`, `tool_result_preface`).
 - Images. The text starts with `I see 1 image.` / `I see N images.` (`image_preface`); images are
-  base64 (raw, or `data:` URLs on OpenAI routes) and bad base64 is a 400 (`decode_image`).
+  base64 (raw, or `data:` URLs on OpenAI routes); bad base64 is a 400, 422 on TGI (`decode_image`).
 - Embeddings are unit vectors of `embedding_dim` floats derived from a SHA-256 of the input text
   (`embed`); `dimensions` keeps a renormalised prefix.
 - Reasoning (`reasoning` switch, Ollama's `think`) comes first, as the words of `REASONING_TEXT`.
