@@ -1,17 +1,38 @@
 """Shared machinery of the fake engines: switches, request log, control routes, token plans, CLI.
 
-`tests.fakes.ollama` and `tests.fakes.tgi` build their routes on it. Generation is deterministic:
-tokens are words of the `text` switch (rotated by the request's seed), structured output is JSON
-filled from the schema, and `num_predict`/`max_tokens` and `stop` cut it as a real engine would.
+`tests.fakes.ollama`, `tests.fakes.tgi` and `tests.fakes.vllm` build their routes on it. Generation
+is deterministic: tokens are words of the `text` switch (rotated by the request's seed), structured
+output is JSON filled from the schema, and `num_predict`/`max_tokens` and `stop` cut it as a real
+engine would.
+
+Features real apps use are deterministic too, so a test can tell that a request arrived whole:
+
+- Tools. When a request has `tools`, `tool_choice` is not `"none"` and the last message is not a
+  tool result, the fake calls ONE tool: the one `tool_choice` names, else the first, with arguments
+  filled from that tool's `parameters` schema (`fill_schema`; `invalid_json` makes them violate it).
+  Otherwise it answers text; after a tool result the text starts with `The tool returned <content>.`
+  so a round trip is visible (`tool_plan`, `tool_result_preface`).
+- Images. The text starts with `I see 1 image.` / `I see N images.` (`image_preface`); images are
+  base64 (raw, or `data:` URLs on OpenAI routes); bad base64 is a 400, 422 on TGI (`decode_image`).
+- Embeddings are unit vectors of `embedding_dim` floats derived from a SHA-256 of the input text
+  (`embed`); `dimensions` keeps a renormalised prefix.
+- Reasoning (`reasoning` switch, Ollama's `think`) comes first, as the words of `REASONING_TEXT`.
+- Logprobs: token i has logprob `-(0.1 + 0.05 * (i % 7))`; alternatives are worse by 1.0 each
+  (`token_logprob`, `alternatives`).
+A structured-output request gets no preface: its answer stays valid JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import collections
 import contextlib
+import hashlib
 import json
+import math
 import socket
 import sys
 import time
@@ -26,6 +47,7 @@ DEFAULT_TEXT = (
     "Relais fake engine says hello from a deterministic token stream that never needs a GPU "
     "and answers every request with the same words in the same order"
 )
+REASONING_TEXT = "The user wants an answer so I will think briefly and then reply politely"
 REQUEST_LOG_LIMIT = 1000
 MAX_TOTAL_TOKENS = 4096  # the context a fake model pretends to have (TGI's --max-total-tokens)
 
@@ -49,6 +71,8 @@ class Switches(pydantic.BaseModel):
     invalid_json: bool = False
     models: list[str] = pydantic.Field(default_factory=list)
     healthy: bool = True
+    reasoning: bool = False
+    embedding_dim: int = pydantic.Field(default=8, ge=1, le=4096)
 
 
 SWITCH_HELP = {
@@ -63,6 +87,8 @@ SWITCH_HELP = {
     "invalid_json": "structured output violates the requested schema",
     "models": "comma-separated models served (empty: any name is accepted)",
     "healthy": "health routes answer OK",
+    "reasoning": "answers carry reasoning first (vLLM reasoning_content; Ollama think by default)",
+    "embedding_dim": "length of the embedding vectors",
 }
 
 
@@ -279,12 +305,20 @@ def make_plan(
     stop: Sequence[str],
     seed: int | None,
     structured: Json = None,
+    preface: str = "",
 ) -> Plan:
-    """Generate deterministically, cut by `max_tokens` (finish length) or a stop sequence."""
+    """Generate deterministically, cut by `max_tokens` (finish length) or a stop sequence.
+
+    `preface` (image count, tool result) comes before the generated words, except in structured
+    output, which must stay valid JSON.
+    """
     if structured is not None:
         pieces = json_pieces(structured_text(structured, invalid=switches.invalid_json))
     else:
         pieces = word_pieces(switches.text, switches.tokens, seed)
+        if preface:
+            lead = word_pieces(preface, count_tokens(preface), 0)
+            pieces = [*lead, " " + pieces[0], *pieces[1:]]
     out: list[str] = []
     so_far = ""
     for piece in pieces:
@@ -383,6 +417,113 @@ def violate_schema(schema: Json) -> Json:
     if props:
         return {name: [] if sub.get("type") != "array" else 0 for name, sub in props.items()}
     return []
+
+
+# ---------------------------------------------------------------- tools, images, embeddings
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The one tool call the fake makes: a function name and its arguments object."""
+
+    name: str
+    arguments: Json
+
+
+def tool_names(tools: Json) -> list[str]:
+    """The function names of a `tools` list (OpenAI and Ollama share the shape); checked."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise BadRequest("tools must be a list")
+    names = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadRequest("each tool needs a function with a name")
+        names.append(name)
+    return names
+
+
+def chosen_tool(tools: Json, tool_choice: Json) -> str | None:
+    """The tool the policy calls: the one `tool_choice` names, else the first; None for "none"."""
+    names = tool_names(tools)
+    if not names or tool_choice == "none":
+        return None
+    if tool_choice in (None, "auto", "required"):
+        return names[0]
+    named = tool_choice
+    if isinstance(tool_choice, dict):
+        function = tool_choice.get("function")
+        named = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(named, str):
+        raise BadRequest(f"invalid tool_choice: {json.dumps(tool_choice)}")
+    if named not in names:
+        raise BadRequest(f"tool_choice names {named!r}, which is not one of the tools given")
+    return named
+
+
+def tool_plan(
+    switches: Switches, tools: Json, tool_choice: Json, after_tool_result: bool
+) -> ToolCall | None:
+    """The tool call this request gets, if any (see the module docstring for the policy)."""
+    name = chosen_tool(tools, tool_choice)
+    if name is None or after_tool_result:
+        return None
+    function = next(t["function"] for t in tools if t["function"]["name"] == name)
+    schema = function.get("parameters") or {"type": "object"}
+    if switches.invalid_json:
+        return ToolCall(name, violate_schema(schema))
+    return ToolCall(name, fill_schema(schema, schema))
+
+
+def tool_result_preface(content: str) -> str:
+    return f"The tool returned {content.strip() or 'nothing'}."
+
+
+def image_preface(count: int) -> str:
+    if count == 0:
+        return ""
+    return f"I see {count} image{'s' if count > 1 else ''}."
+
+
+def decode_image(data: Json, status: int | None = None) -> bytes:
+    """Raw image bytes from base64 text; a clear error otherwise."""
+    if not isinstance(data, str) or not data:
+        raise BadRequest("an image must be a non-empty base64 string", status)
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"invalid base64 image data: {exc}", status) from exc
+
+
+def embed(text: str, dim: int) -> list[float]:
+    """A deterministic unit vector of `dim` floats from the SHA-256 of `text`."""
+    values: list[float] = []
+    block = 0
+    while len(values) < dim:
+        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
+        values += [(b - 127.5) / 127.5 for b in digest]
+        block += 1
+    return normalize(values[:dim])
+
+
+def normalize(vector: Sequence[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+def token_logprob(index: int) -> float:
+    """The logprob of generated token `index`."""
+    return -round(0.1 + 0.05 * (index % 7), 4)
+
+
+def alternatives(piece: str, index: int, count: int) -> list[tuple[str, float]]:
+    """The `count` most likely tokens at position `index`, best first (the chosen one first)."""
+    best = token_logprob(index)
+    word = piece.strip() or "_"
+    return [(piece, best), *[(f"{word}{j}", best - j) for j in range(1, count)]][:count]
 
 
 # ---------------------------------------------------------------- streaming

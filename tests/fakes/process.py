@@ -1,9 +1,10 @@
 """Start a fake engine as a real subprocess on a free loopback port and drive it over HTTP.
 
-    async with FakeEngine("ollama", first_token_delay_ms=50) as fake:
+    async with FakeEngine("ollama", first_token_delay_ms=50) as fake:  # or "tgi", "vllm"
         fake.url; await fake.configure(status=503); await fake.requests(); await fake.reset()
 
 `with FakeEngine("tgi") as fake:` works too, with `configure_sync`, `reset_sync`, `requests_sync`.
+`FakeEngine("ollama", host="127.0.0.2", port=11434)` binds a chosen address (default: a free port).
 Used by the gateway tests, the real-model test's neighbours, the benchmark and the demo scripts.
 """
 
@@ -23,7 +24,8 @@ from typing import Any, Literal, Self
 
 import aiohttp
 
-Engine = Literal["ollama", "tgi"]
+Engine = Literal["ollama", "tgi", "vllm"]
+ENGINES = ("ollama", "tgi", "vllm")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0  # a loaded 2-core machine can take seconds to import aiohttp
 
@@ -47,13 +49,18 @@ def switch_flags(switches: dict[str, Any]) -> list[str]:
 
 
 class FakeEngine:
-    """A fake Ollama or TGI subprocess; `url` is its base URL once started."""
+    """A fake Ollama, TGI or vLLM subprocess; `url` is its base URL once started."""
 
-    def __init__(self, engine: Engine, *, host: str = "127.0.0.1", **switches: Any) -> None:
-        if engine not in ("ollama", "tgi"):
+    def __init__(
+        self, engine: Engine, *, host: str = "127.0.0.1", port: int = 0, **switches: Any
+    ) -> None:
+        if engine not in ENGINES:
             raise ValueError(f"unknown fake engine {engine!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"invalid port {port}")
         self.engine = engine
         self.host = host
+        self.port = port
         self.switches = switches
         self._proc: subprocess.Popen[str] | None = None
         self._url: str | None = None
@@ -75,7 +82,7 @@ class FakeEngine:
     def start(self) -> str:
         """Start the subprocess, wait for its `READY <url>` line and a control answer."""
         command = [sys.executable, "-m", f"tests.fakes.{self.engine}"]
-        command += ["--host", self.host, "--port", "0", *switch_flags(self.switches)]
+        command += ["--host", self.host, "--port", str(self.port), *switch_flags(self.switches)]
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),

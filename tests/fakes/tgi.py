@@ -2,8 +2,12 @@
 
 Routes: `POST /generate`, `POST /generate_stream` (SSE `data:{"index","token":{id,text,logprob,
 special},"generated_text","details"}`, the last event carrying `generated_text` and `details`),
-the Messages API `POST /v1/chat/completions` and `POST /v1/completions` (SSE, then `data:[DONE]`),
-`GET /v1/models`, `GET /health`, `GET /info`, `GET /metrics`. Errors are
+the Messages API `POST /v1/chat/completions` (tools as TGI 3.x shapes them: `id` "0", arguments a
+JSON string, finish "stop"; `image_url` parts as `data:` URLs; `logprobs`/`top_logprobs` <= 5;
+`response_format` `{"type": "json"|"json_object", "value": schema}` or `{"type": "json_schema",
+"value": {"schema": ...}}`, OpenAI's `json_schema` form tolerated) and `POST /v1/completions`
+(SSE, then `data:[DONE]`), `GET /v1/models`, `GET /health`, `GET /info`, `GET /metrics`. TGI has
+no embeddings route (404). Errors are
 `{"error": "...", "error_type": "..."}` with TGI's statuses (422 validation, 424 generation,
 429 overloaded, 500 incomplete_generation, 503 unhealthy).
 Run: `python -m tests.fakes.tgi --port 8080 [--token-delay-ms 20 ...]`.
@@ -38,6 +42,7 @@ from tests.fakes.core import (
 from tests.fakes.openai_compat import (
     Flavor,
     add_openai_routes,
+    data_url_image,
     optional_int,
     parse_schema,
     stop_list,
@@ -46,6 +51,7 @@ from tests.fakes.openai_compat import (
 VERSION = "3.3.6"
 DEFAULT_MODEL_ID = "fake-org/fake-model"
 MAX_STOP_SEQUENCES = 4
+MAX_TOP_N_TOKENS = 5  # TGI's --max-top-n-tokens default
 EOS = {"id": 1, "text": "<eos>", "logprob": -0.01, "special": True}
 
 ERROR_TYPES = {
@@ -78,6 +84,11 @@ FLAVOR = Flavor(
     invalid_status=422,
     resolve_model=lambda request, _requested: model_id(request),  # TGI serves one model
     list_models=lambda request: [model_id(request)],
+    tool_style="tgi",
+    tool_args_string=False,  # TGI reads arguments as any JSON value
+    image_bytes=lambda url: data_url_image(url, 422),
+    logprob_bytes=False,
+    max_logprobs=MAX_TOP_N_TOKENS,
 )
 
 
@@ -112,11 +123,21 @@ def _validate(parameters: dict[str, Json], inputs: str) -> None:
 
 
 def _grammar(value: Json) -> Json:
+    """TGI's `GrammarType`: `{"type": "json"|"json_object"|"regex"|"json_schema", "value": ...}`;
+    `json_schema`'s value holds `{"name"?, "schema"}`."""
+    kinds = ("json", "json_object", "regex", "json_schema")
     if value is None:
         return None
-    if not isinstance(value, dict) or value.get("type") not in ("json", "json_object", "regex"):
-        raise BadRequest("Input validation error: grammar must be {type: json|regex, value}", 422)
-    return None if value["type"] == "regex" else parse_schema(value.get("value") or {})
+    if not isinstance(value, dict) or value.get("type") not in kinds:
+        raise BadRequest(
+            "Input validation error: grammar must be {type: json|json_schema|regex, value}", 422
+        )
+    inner = value.get("value") or {}
+    if value["type"] == "json_schema":
+        inner = inner.get("schema") if isinstance(inner, dict) else None
+        if inner is None:
+            raise BadRequest("Input validation error: json_schema grammar needs value.schema", 422)
+    return None if value["type"] == "regex" else parse_schema(inner)
 
 
 def _parameters(body: dict[str, Json]) -> dict[str, Json]:
