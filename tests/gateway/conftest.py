@@ -26,6 +26,7 @@ from tests.fakes.process import FakeEngine
 
 OLLAMA_MODEL = "qwen2.5:0.5b"
 TGI_MODEL = "llama-3-8b"
+VLLM_MODEL = "Qwen/Qwen2.5-7B-Instruct"  # vLLM knows it by its --served-model-name
 MAX_TOKENS = 64
 
 
@@ -113,6 +114,18 @@ def ollama_fake() -> Iterator[FakeEngine]:
 def tgi_fake() -> Iterator[FakeEngine]:
     with FakeEngine("tgi") as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def vllm_fake() -> Iterator[FakeEngine]:
+    with FakeEngine("vllm", models=[VLLM_MODEL]) as fake:
+        yield fake
+
+
+@pytest.fixture
+def vllm_engine(vllm_fake: FakeEngine) -> FakeEngine:
+    vllm_fake.reset_sync()
+    return vllm_fake
 
 
 @pytest.fixture
