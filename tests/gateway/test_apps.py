@@ -38,7 +38,7 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
 PNG_B64 = base64.b64encode(PNG).decode()
-WEATHER = {
+WEATHER: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -109,7 +109,7 @@ def test_openai_tools_round_trip(apps: GatewayServer, model: str) -> None:
 
 @pytest.mark.parametrize("model", ALL)
 def test_openai_streamed_tool_call_deltas(apps: GatewayServer, model: str) -> None:
-    stream = oai(apps).chat.completions.create(
+    stream: Any = oai(apps).chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": "Weather in Paris?"}],
         tools=[WEATHER],
@@ -316,7 +316,8 @@ def test_a_served_name_reaches_ollama_as_its_tag(
 
 @pytest.mark.parametrize("model", ALL)
 def test_langchain_openai_tools_and_structured_output(apps: GatewayServer, model: str) -> None:
-    chat = ChatOpenAI(model=model, base_url=apps.url + "/v1", api_key="unused", max_retries=0)
+    config: dict[str, Any] = {"base_url": apps.url + "/v1", "api_key": "unused", "max_retries": 0}
+    chat = ChatOpenAI(**config | {"model": model})
     reply = chat.bind_tools([WEATHER]).invoke([HumanMessage("Weather in Paris?")])
     assert reply.tool_calls[0]["name"] == "get_weather"
     result = ToolMessage("sunny", tool_call_id=reply.tool_calls[0]["id"])
@@ -329,13 +330,8 @@ def test_langchain_openai_tools_and_structured_output(apps: GatewayServer, model
 @pytest.mark.parametrize("model", EMBEDDERS)
 def test_langchain_openai_embeddings(apps: GatewayServer, model: str) -> None:
     # check_embedding_ctx_length=False: otherwise the client downloads tiktoken's tables.
-    embeddings = OpenAIEmbeddings(
-        model=model,
-        base_url=apps.url + "/v1",
-        api_key="unused",
-        check_embedding_ctx_length=False,
-        max_retries=0,
-    )
+    config: dict[str, Any] = {"base_url": apps.url + "/v1", "api_key": "unused", "max_retries": 0}
+    embeddings = OpenAIEmbeddings(model=model, check_embedding_ctx_length=False, **config)
     vectors = embeddings.embed_documents(["one", "two"])
     assert [len(v) for v in vectors] == [8, 8]
     assert embeddings.embed_query("one") == pytest.approx(vectors[0])

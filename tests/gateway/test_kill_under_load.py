@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.timeout(180)
 RUN_S = 10.0
 KILL_AT, RESTART_AT, KILL_SECOND_AT = 2.5, 5.0, 7.0
 # Engines that take a while before their first byte, so requests are caught in flight by a kill.
-SLOW = {"delay_ms": 60, "first_token_delay_ms": 60, "token_delay_ms": 2}
+SLOW: dict[str, Any] = {"delay_ms": 60, "first_token_delay_ms": 60, "token_delay_ms": 2}
 
 
 async def _client(
