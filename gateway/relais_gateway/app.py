@@ -24,13 +24,14 @@ from starlette.types import Receive, Scope, Send
 from relais_gateway.admission import Admission
 from relais_gateway.auth import Authenticator
 from relais_gateway.balancer import Balancer
-from relais_gateway.config import AuthConfig, load_auth_file, load_static_config
+from relais_gateway.config import AuthConfig, load_auth_file, load_static_auth, load_static_config
 from relais_gateway.deps import GatewayDep
 from relais_gateway.dialects import ollama, openai
 from relais_gateway.edge import EdgeMiddleware
 from relais_gateway.errors import GatewayError, from_validation, render_error
 from relais_gateway.metrics import Metrics
 from relais_gateway.registry import BackendSource, StaticSource
+from relais_gateway.reload import AuthReloader
 from relais_gateway.service import Gateway
 from relais_gateway.settings import Settings
 from relais_gateway.upstream import Upstream
@@ -87,8 +88,11 @@ def create_app(
     admission.on_wait = metrics.observe_wait
     authenticator = Authenticator(auth)
 
+    reloader = auth_reloader(settings, authenticator, metrics)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reloading = asyncio.create_task(reloader.run()) if reloader is not None else None
         async with upstream_session(settings) as session:
             upstream = Upstream(session, settings, balancer, metrics)
             gateway = Gateway(
@@ -102,6 +106,8 @@ def create_app(
                 gateway.draining = True
                 await _drain(balancer, settings.shutdown_grace_s)
                 await source.stop()
+                if reloading is not None:
+                    reloading.cancel()
 
     app = GatewayApp(
         title="Relais gateway",
@@ -133,6 +139,21 @@ def create_app(
         fast_routes=fast_routes,
     )
     return app
+
+
+def auth_reloader(
+    settings: Settings, authenticator: Authenticator, metrics: Metrics
+) -> AuthReloader | None:
+    """A watcher of the file the keys came from: the --auth-file, else the static --config."""
+    if settings.source == "kubernetes" and settings.auth_file is not None:
+        path, load = settings.auth_file, load_auth_file
+    elif settings.source == "static" and settings.config is not None:
+        path, load = settings.config, load_static_auth
+    else:
+        return None
+    return AuthReloader(
+        path, load, authenticator, settings.auth_reload_interval_s, metrics.auth_reloaded
+    )
 
 
 class GatewayApp(FastAPI):

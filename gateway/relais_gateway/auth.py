@@ -56,6 +56,10 @@ class Caller:
 ANONYMOUS = Caller(name="anonymous", models=None, bucket=None)
 
 
+def _rate(caller: Caller) -> int | None:
+    return caller.bucket.rate_per_min if caller.bucket is not None else None
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -64,10 +68,27 @@ class Authenticator:
     """Checks bearer keys against the auth config; a disabled config lets everyone in."""
 
     def __init__(self, config: AuthConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self.disabled = config.disabled
-        self._callers = {
-            _digest(k.key.get_secret_value()): self._caller(k, clock) for k in config.keys
-        }
+        self._callers: dict[bytes, Caller] = {}
+        self.replace(config)
+
+    def replace(self, config: AuthConfig) -> None:
+        """Switch to `config` at once (requests in flight keep the caller they were given).
+
+        A key whose name, models and rate did not change keeps its token bucket, so a reload
+        does not hand every client a fresh burst.
+        """
+        callers: dict[bytes, Caller] = {}
+        for key in config.keys:
+            digest = _digest(key.key.get_secret_value())
+            fresh = self._caller(key, self._clock)
+            old = self._callers.get(digest)
+            same = old is not None and (old.name, old.models) == (fresh.name, fresh.models)
+            if same and old is not None and _rate(old) == _rate(fresh):
+                fresh.bucket = old.bucket
+            callers[digest] = fresh
+        self._callers, self.disabled = callers, config.disabled
 
     @staticmethod
     def _caller(key: ApiKey, clock: Callable[[], float]) -> Caller:

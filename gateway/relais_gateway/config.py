@@ -106,6 +106,14 @@ def load_static_config(path: Path) -> StaticConfig:
     return StaticConfig.model_validate(yaml.safe_load(path.read_text()) or {})
 
 
+def load_static_auth(path: Path) -> AuthConfig:
+    """The `auth:` section of a `--config` file (for reloading the keys alone)."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError("the config file must be a YAML mapping")
+    return AuthConfig.model_validate(data.get("auth"))
+
+
 def load_auth_file(path: Path) -> AuthConfig:
     """Read an `--auth-file`: the `auth:` section's content (top-level `auth:` key is accepted)."""
     data = yaml.safe_load(path.read_text()) or {}

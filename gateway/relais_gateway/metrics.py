@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -113,6 +113,18 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.auth_reloads = Counter(
+            "relais_gateway_auth_reloads",
+            "Reloads of changed API keys, by result (ok, or error: the old keys stay).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.auth_reload_ok = Gauge(
+            "relais_gateway_auth_reload_ok",
+            "1 when the keys in force are the auth file's content; 0 when its last edit is bad.",
+            registry=self.registry,
+        )
+        self.auth_reload_ok.set(1)
         self.registry.register(_InflightCollector(balancer, admission))
         # `.labels()` hashes and locks on every call; the hot path looks its children up here.
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -141,6 +153,10 @@ class Metrics:
             )
             self._model_children[model] = children
         return children
+
+    def auth_reloaded(self, ok: bool) -> None:
+        self.auth_reloads.labels("ok" if ok else "error").inc()
+        self.auth_reload_ok.set(1 if ok else 0)
 
     def observe_wait(self, model: str, seconds: float) -> None:
         self.wait.labels(model).observe(seconds)
