@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from relais_operator.spec import LLMDeploymentSpec
+    from relais_api import LLMDeploymentSpec
 
 # Inside the container, /tmp is an emptyDir the builders mount (not the host's temp dir).
 TMP = "/tmp"  # noqa: S108
