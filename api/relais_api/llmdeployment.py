@@ -23,9 +23,9 @@ PLURAL = "llmdeployments"
 KIND = "LLMDeployment"
 
 # Engines that serve a Hugging Face repository (a repo id, a revision, an optional token).
-HF_ENGINES = frozenset({"tgi"})
+HF_ENGINES = frozenset({"tgi", "vllm"})
 # Engines started with --served-model-name: they know the model by spec.servedModelName.
-_SERVED_NAME_ENGINES: frozenset[str] = frozenset()
+_SERVED_NAME_ENGINES = frozenset({"vllm"})
 
 # Children are named `<name>` (Service: a DNS-1035 label) and pods `<name>-<ordinal>`; the
 # StatefulSet controller puts `<name>-<hash>` into a 63-character label, so 52 is the limit.
@@ -152,7 +152,7 @@ def _engines_text(engines: frozenset[str]) -> str:
 class LLMDeploymentSpec(_Model):
     """`spec` of an LLMDeployment; field names are the CRD's, in snake_case."""
 
-    engine: Literal["ollama", "tgi"]
+    engine: Literal["ollama", "tgi", "vllm"]
     model: str = Field(min_length=1)
     revision: str | None = None
     served_model_name: str | None = None

@@ -200,7 +200,7 @@ def test_example_secret_is_a_placeholder() -> None:
     [
         {"model": "m"},
         {"engine": "ollama"},
-        {"engine": "vllm", "model": "m"},
+        {"engine": "sglang", "model": "m"},
         {"engine": "ollama", "model": ""},
         {"engine": "ollama", "model": "m", "replicas": -1},
         {"engine": "ollama", "model": "m", "gpu": {"count": -1}},
@@ -243,6 +243,18 @@ def test_schema_rejects_bad_specs(spec: dict[str, Any]) -> None:
         ({"engine": "tgi", "model": "org/repo/extra"}, False),
         ({"engine": "ollama", "model": "hf.co/org/repo:Q4_K_M"}, True),
         ({"engine": "ollama", "model": "qwen 2.5"}, False),
+        ({"engine": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct", "revision": "v1"}, True),
+        (
+            {
+                "engine": "vllm",
+                "model": "meta-llama/Llama-3.1-8B",
+                "hfTokenSecretRef": {"name": "s"},
+            },
+            True,
+        ),
+        ({"engine": "vllm", "model": "qwen2.5:7b-instruct"}, False),
+        ({"engine": "vllm", "model": "Qwen2.5-7B-Instruct"}, False),
+        ({"engine": "vllm", "model": "a/b/c", "revision": "main"}, False),
     ],
 )
 def test_spec_rules_cel_and_python_agree(spec: dict[str, Any], ok: bool) -> None:
