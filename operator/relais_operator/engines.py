@@ -39,6 +39,8 @@ class Engine:
     fetch_command: Callable[[LLMDeploymentSpec], list[str]]
     # Flags the operator sets itself; a spec whose `args` sets them is rejected as InvalidSpec.
     managed_flags: frozenset[str] = field(default_factory=frozenset)
+    # Environment of the server only when it reads a shared cache mounted read-only.
+    read_only_cache_env: Mapping[str, str] = field(default_factory=dict)
     needs_shm: bool = False
     # Whether the engine writes only to its volumes (/tmp, the cache), so the root fs can be RO.
     read_only_root: bool = True
@@ -94,6 +96,8 @@ OLLAMA = Engine(
     args=lambda spec: ["serve", *spec.args],
     fetch_command=_ollama_fetch,
     managed_flags=frozenset(),
+    # At start Ollama deletes blobs no manifest uses: never on a cache it may only read.
+    read_only_cache_env={"OLLAMA_NOPRUNE": "1"},
 )
 
 

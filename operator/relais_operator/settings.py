@@ -33,6 +33,8 @@ class OperatorSettings(BaseSettings):
     vllm_image: str = ""
     # How long a replica may take to load its model before the kubelet restarts it.
     startup_timeout_seconds: int = Field(default=3600, ge=60)
+    # Retries of a shared cache's download Job before it fails (FetchFailed); never unbounded.
+    fetch_backoff_limit: int = Field(default=3, ge=0, le=10)
     # UID/GID the model servers and the fetch step run as (the cache volume is chowned via fsGroup).
     run_as_user: int = Field(default=1000, ge=1)
     # Watch CustomResourceDefinitions (needs list/watch on them); off = scan the API once at start.

@@ -1,7 +1,8 @@
 """Pure status: what the children's real state says about an LLMDeployment.
 
-The handlers summarise the StatefulSet and the pods (`workload_state`, `pod_state`) and call
-`compute()`; the result is written only when it differs from what the resource already shows.
+The handlers summarise the StatefulSet, the pods and (shared caches) the download Job
+(`workload_state`, `pod_state`, `job_state`) and call `compute()`; the result is written only
+when it differs from what the resource already shows.
 Conditions follow metav1.Condition; lastTransitionTime moves only when a condition's status flips.
 """
 
@@ -38,6 +39,41 @@ class PodState:
     fetch: str = "waiting"  # waiting | fetching | done | failed
     fetch_message: str = ""
     ready: bool = False
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a shared cache's download Job reports."""
+
+    name: str
+    phase: str = "running"  # running | succeeded | failed
+    message: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == "succeeded"
+
+
+def job_succeeded(job: Mapping[str, Any]) -> bool:
+    """Whether a Job has completed (the Complete condition, or a succeeded pod)."""
+    status = job.get("status") or {}
+    complete = any(
+        c.get("type") == "Complete" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return complete or int(status.get("succeeded") or 0) > 0
+
+
+def job_state(body: Mapping[str, Any]) -> JobState:
+    """Summarise a download Job: its Complete/Failed condition (with the failure's message)."""
+    name = body.get("metadata", {}).get("name", "")
+    if job_succeeded(body):
+        return JobState(name=name, phase="succeeded")
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            message = cond.get("message") or cond.get("reason") or "the download failed"
+            return JobState(name=name, phase="failed", message=str(message))
+    return JobState(name=name)
 
 
 def workload_state(body: Mapping[str, Any] | None) -> WorkloadState | None:
@@ -119,13 +155,23 @@ def condition(
 
 
 def _readiness(
-    desired: int, workload: WorkloadState | None, pods: Sequence[PodState]
+    desired: int,
+    workload: WorkloadState | None,
+    pods: Sequence[PodState],
+    fetch: JobState | None,
+    shared: bool,
 ) -> tuple[str, str, str, str]:
     """(phase, Ready status, reason, message) from the children."""
     ready = workload.ready_replicas if workload else 0
     counts = f"{ready}/{desired} replicas ready"
     if desired == 0:
         return "ScaledToZero", "False", "ScaledToZero", "scaled to zero replicas"
+    if shared and (fetch is None or not fetch.succeeded):
+        # No model pod runs before the shared cache is filled (the StatefulSet is at 0).
+        if fetch is not None and fetch.phase == "failed":
+            detail = f"model download failed: {fetch.name}: {fetch.message}"
+            return "Failed", "False", "ModelFetchFailed", f"{counts}; {detail}"
+        return "Loading", "False", "FetchingModel", f"{counts}; downloading the model"
     if workload is not None and workload.up_to_date and ready >= desired:
         return "Ready", "True", "AllReplicasReady", counts
     stuck = [pod for pod in pods if pod.unschedulable]
@@ -145,8 +191,21 @@ def _readiness(
     return "Pending", "False", "ReplicasNotReady", counts
 
 
+def _shared_cache(llm: LLMDeployment, fetch: JobState | None) -> tuple[str, str, str]:
+    """(status, reason, message) of ModelCacheReady for a shared cache: its Job's state."""
+    claim = resources.shared_claim_name(llm)
+    if fetch is None:
+        return "False", "Downloading", f"creating the download Job for {claim}"
+    if fetch.succeeded:
+        return "True", "Cached", f"model cached in {claim} by Job {fetch.name}"
+    if fetch.phase == "failed":
+        hint = f"kubectl logs job/{fetch.name}"
+        return "False", "FetchFailed", f"Job {fetch.name}: {fetch.message} ({hint})"
+    return "False", "Downloading", f"Job {fetch.name} is downloading the model into {claim}"
+
+
 def _cache(workload: WorkloadState | None, pods: Sequence[PodState]) -> tuple[str, str, str]:
-    """(status, reason, message) of the ModelCacheReady condition."""
+    """(status, reason, message) of the ModelCacheReady condition (per-replica caches)."""
     ready = workload.ready_replicas if workload else 0
     cached = max(ready, sum(pod.fetch == "done" for pod in pods))
     failed = [pod for pod in pods if pod.fetch == "failed"]
@@ -166,11 +225,14 @@ def compute(
     pods: Sequence[PodState],
     previous: Mapping[str, Any],
     now: str,
+    fetch: JobState | None = None,
 ) -> dict[str, Any]:
-    """The whole status of a valid LLMDeployment."""
+    """The whole status of a valid LLMDeployment (`fetch`: a shared cache's download Job)."""
     old = previous.get("conditions") or []
-    phase, ready, reason, message = _readiness(llm.spec.replicas, workload, pods)
-    cache_status, cache_reason, cache_message = _cache(workload, pods)
+    shared = llm.spec.storage.shared
+    phase, ready, reason, message = _readiness(llm.spec.replicas, workload, pods, fetch, shared)
+    cache = _shared_cache(llm, fetch) if shared else _cache(workload, pods)
+    cache_status, cache_reason, cache_message = cache
     gen = llm.generation
     return {
         "phase": phase,

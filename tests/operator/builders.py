@@ -43,6 +43,19 @@ CASES: dict[str, dict[str, Any]] = {
         "args": ["--max-model-len", "8192"],
         "requestLimits": {"maxConcurrentRequests": 64},
     },
+    # A shared cache for a gated model: the download Job holds the token, the pods never do.
+    "vllm-shared-cache": {
+        "engine": "vllm",
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "replicas": 4,
+        "gpu": {"count": 1, "type": "nvidia-l4"},
+        "hfTokenSecretRef": {"name": "hf-token"},
+        "storage": {
+            "size": "100Gi",
+            "accessMode": "ReadWriteMany",
+            "storageClassName": "standard-rwx",
+        },
+    },
     "cpu-shared-cache": {
         "engine": "ollama",
         "model": "qwen2.5:0.5b",

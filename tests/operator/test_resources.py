@@ -171,7 +171,8 @@ def test_rwx_cache_is_shared_and_unowned_when_retained() -> None:
     assert cache["metadata"]["name"] == "tiny-models"
     assert "ownerReferences" not in cache["metadata"]  # retainOnDelete (default): outlives us
     volumes = resources.build_workload(llm, SETTINGS)["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "models", "persistentVolumeClaim": {"claimName": "tiny-models"}} in volumes
+    claim = {"claimName": "tiny-models", "readOnly": True}
+    assert {"name": "models", "persistentVolumeClaim": claim} in volumes
     owned = resources.build_cache(make("tiny", CASES["cpu-shared-cache"]), SETTINGS)
     assert owned is not None
     assert owned["metadata"]["ownerReferences"][0]["uid"]

@@ -141,3 +141,71 @@ def test_invalid_status() -> None:
         "observedGeneration": 4,
         "lastTransitionTime": T0,
     }
+
+
+def _shared(fetch: status.JobState | None, workload: WorkloadState | None) -> dict[str, Any]:
+    llm = make("tiny", CASES["cpu-shared-cache"], generation=2)
+    return status.compute(llm, SETTINGS, workload, [], {}, T0, fetch=fetch)
+
+
+def _cache(result: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in result["conditions"] if c["type"] == "ModelCacheReady")
+
+
+def test_shared_cache_follows_the_download_job() -> None:
+    running = _shared(status.JobState(name="tiny-fetch-1"), WorkloadState())
+    assert (running["phase"], _ready(running)["reason"]) == ("Loading", "FetchingModel")
+    assert (_cache(running)["status"], _cache(running)["reason"]) == ("False", "Downloading")
+    assert "tiny-fetch-1" in _cache(running)["message"]
+    assert _cache(_shared(None, None))["reason"] == "Downloading"
+
+    failed = _shared(
+        status.JobState(name="tiny-fetch-1", phase="failed", message="401 Unauthorized"),
+        WorkloadState(),
+    )
+    assert (failed["phase"], _ready(failed)["reason"]) == ("Failed", "ModelFetchFailed")
+    assert (_cache(failed)["status"], _cache(failed)["reason"]) == ("False", "FetchFailed")
+    assert "401 Unauthorized" in _cache(failed)["message"]
+
+    done = status.JobState(name="tiny-fetch-1", phase="succeeded")
+    starting = _shared(done, WorkloadState(replicas=3))
+    assert (_cache(starting)["status"], _cache(starting)["reason"]) == ("True", "Cached")
+    assert (starting["phase"], _ready(starting)["reason"]) == ("Pending", "ReplicasNotReady")
+    ready = _shared(done, WorkloadState(replicas=3, ready_replicas=3))
+    assert ready["phase"] == "Ready"
+
+
+def test_job_state_summary() -> None:
+    job: dict[str, Any] = {"metadata": {"name": "j"}, "status": {"active": 1}}
+    assert status.job_state(job) == status.JobState(name="j", phase="running")
+    job["status"] = {"succeeded": 1}
+    assert status.job_state(job).succeeded
+    job["status"] = {
+        "failed": 4,
+        "conditions": [
+            {"type": "FailureTarget", "status": "True", "message": "early"},
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+            },
+        ],
+    }
+    assert status.job_state(job) == status.JobState(
+        name="j", phase="failed", message="Job has reached the specified backoff limit"
+    )
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    assert status.job_state(job).phase == "succeeded"
+
+
+def test_shared_statuses_fit_the_crd_status_schema() -> None:
+    schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validator = jsonschema.Draft7Validator(schema["properties"]["status"])
+    for fetch in (
+        None,
+        status.JobState(name="j"),
+        status.JobState(name="j", phase="failed", message="x"),
+        status.JobState(name="j", phase="succeeded"),
+    ):
+        assert list(validator.iter_errors(_shared(fetch, WorkloadState()))) == []
