@@ -21,6 +21,7 @@ from relais_operator.spec import GROUP, PLURAL, VERSION, InvalidSpecError, LLMDe
 
 LLMD = (GROUP, VERSION, PLURAL)
 CHILD: dict[str, Any] = {resources.LABEL: kopf.PRESENT}
+FETCH_POD: dict[str, Any] = {resources.FETCH_LABEL: kopf.PRESENT}
 Key = tuple[str, str]
 
 
@@ -71,6 +72,13 @@ async def fetch_jobs(
     return {(namespace, labels[resources.LABEL]): status.job_state(body)}
 
 
+@kopf.index("v1", "pods", labels=FETCH_POD)
+async def fetch_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> object:
+    return {(namespace, labels[resources.FETCH_LABEL]): status.fetch_pod_state(body)}
+
+
 @kopf.index("v1", "pods", labels=CHILD)
 async def pods(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
@@ -90,6 +98,7 @@ async def reconcile(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     workload, fetch = await _apply_children(llm, memo)
     await _delete_superseded_jobs(llm, kwargs["fetch_jobs"], memo)
     pod_states = _pods_of(kwargs["pods"], llm)
+    fetch = status.with_pod_problems(fetch, _fetch_pods_of(kwargs["fetch_pods"], llm))
     await _publish(llm, body.get("status") or {}, workload, pod_states, fetch, memo)
 
 
@@ -159,6 +168,10 @@ def _pods_of(index: kopf.Index[Key, Any], llm: LLMDeployment) -> list[status.Pod
     return sorted(found, key=lambda pod: pod.name)
 
 
+def _fetch_pods_of(index: kopf.Index[Key, Any], llm: LLMDeployment) -> list[status.FetchPodState]:
+    return list(index.get((llm.namespace, llm.name), []))
+
+
 def _fetch_of(index: kopf.Index[Key, Any], llm: LLMDeployment) -> status.JobState | None:
     """The current download Job's state, if it is in the index (shared caches only)."""
     if not llm.spec.storage.shared:
@@ -187,9 +200,22 @@ async def child_changed(
     Job moved on (a succeeded Job scales the StatefulSet up)."""
     if resource.plural == "services" and type != "DELETED":
         return  # a Service says nothing about readiness; it matters only when it is gone
-    key = (namespace or "", labels[resources.LABEL])
-    parents: kopf.Index[Key, Any] = kwargs["llmdeployments"]
-    found = parents.get(key)
+    deleted = type == "DELETED" and resource.plural in {"statefulsets", "services"}
+    reapply = deleted or resource.plural == "jobs"
+    await _refresh((namespace or "", labels[resources.LABEL]), memo, kwargs, reapply=reapply)
+
+
+@kopf.on.event("v1", "pods", labels=FETCH_POD)
+async def fetch_pod_changed(
+    namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any
+) -> None:
+    """A download Job's pod: its trouble (a missing Secret, a failed step) shows in status."""
+    await _refresh((namespace or "", labels[resources.FETCH_LABEL]), memo, kwargs, reapply=False)
+
+
+async def _refresh(key: Key, memo: Any, indexes: Mapping[str, Any], *, reapply: bool) -> None:
+    """Publish the status of the parent `key` from the indexes (after re-applying, if asked)."""
+    found = indexes["llmdeployments"].get(key)
     parent: Mapping[str, Any] | None = next(iter(found), None) if found is not None else None
     if parent is None or parent.get("metadata", {}).get("deletionTimestamp"):
         return
@@ -197,13 +223,13 @@ async def child_changed(
         llm = LLMDeployment.from_body(parent)
     except InvalidSpecError:
         return  # reconcile has reported it; nothing to follow
-    deleted = type == "DELETED" and resource.plural in {"statefulsets", "services"}
-    if deleted or resource.plural == "jobs":
+    if reapply:
         workload, fetch = await _apply_children(llm, memo)
     else:
-        workload = next(iter(kwargs["workloads"].get(key, [])), None)
-        fetch = _fetch_of(kwargs["fetch_jobs"], llm)
-    pod_states = _pods_of(kwargs["pods"], llm)
+        workload = next(iter(indexes["workloads"].get(key, [])), None)
+        fetch = _fetch_of(indexes["fetch_jobs"], llm)
+    fetch = status.with_pod_problems(fetch, _fetch_pods_of(indexes["fetch_pods"], llm))
+    pod_states = _pods_of(indexes["pods"], llm)
     await _publish(llm, parent.get("status") or {}, workload, pod_states, fetch, memo)
 
 

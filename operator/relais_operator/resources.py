@@ -362,8 +362,9 @@ def build_fetch_job(llm: LLMDeployment, settings: OperatorSettings) -> Manifest 
     """The Job that downloads the model into the shared cache once; None for per-replica caches.
 
     It runs the engine's own image and fetch step (which exits at once when the model is
-    already there), to completion, retried at most `fetch_backoff_limit` times. It has no
-    scheduling constraints: downloading needs no GPU.
+    already there), to completion, retried at most `fetch_backoff_limit` times and stopped
+    after `fetch_timeout_seconds` (a pod stuck on a missing Secret fails too, in the end). It
+    has no scheduling constraints: downloading needs no GPU.
     """
     if not llm.spec.storage.shared:
         return None
@@ -377,7 +378,10 @@ def build_fetch_job(llm: LLMDeployment, settings: OperatorSettings) -> Manifest 
     }
     pod = _pod_basics(settings)
     pod["restartPolicy"] = "Never"
-    pod["containers"] = [_fetch_container(llm, settings, _job_mounts(engine))]
+    # The step's last log lines become a failed pod's message, which status then shows.
+    fetch = _fetch_container(llm, settings, _job_mounts(engine))
+    fetch["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    pod["containers"] = [fetch]
     claim = {"claimName": shared_claim_name(llm)}
     pod["volumes"] = [
         {"name": "tmp", "emptyDir": {}},
@@ -389,6 +393,7 @@ def build_fetch_job(llm: LLMDeployment, settings: OperatorSettings) -> Manifest 
         "metadata": _metadata(llm, fetch_job_name(llm)),
         "spec": {
             "backoffLimit": settings.fetch_backoff_limit,
+            "activeDeadlineSeconds": settings.fetch_timeout_seconds,
             "template": {"metadata": {"labels": pod_labels}, "spec": pod},
         },
     }

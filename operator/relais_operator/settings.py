@@ -35,6 +35,8 @@ class OperatorSettings(BaseSettings):
     startup_timeout_seconds: int = Field(default=3600, ge=60)
     # Retries of a shared cache's download Job before it fails (FetchFailed); never unbounded.
     fetch_backoff_limit: int = Field(default=3, ge=0, le=10)
+    # How long a download Job may run in all (its activeDeadlineSeconds) before it fails.
+    fetch_timeout_seconds: int = Field(default=21600, ge=60)
     # UID/GID the model servers and the fetch step run as (the cache volume is chowned via fsGroup).
     run_as_user: int = Field(default=1000, ge=1)
     # Watch CustomResourceDefinitions (needs list/watch on them); off = scan the API once at start.

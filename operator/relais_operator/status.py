@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from relais_operator import resources
@@ -48,10 +48,71 @@ class JobState:
     name: str
     phase: str = "running"  # running | succeeded | failed
     message: str = ""
+    problem: str = ""  # from its pods: why it is stuck or failed (see with_pod_problems)
 
     @property
     def succeeded(self) -> bool:
         return self.phase == "succeeded"
+
+
+@dataclass(frozen=True)
+class FetchPodState:
+    """What one pod of a download Job reports: why it is stuck or failed, if it is."""
+
+    name: str
+    job: str
+    problem: str = ""
+
+
+# Waiting reasons that do not pass by themselves (a missing Secret, a wrong image).
+_STUCK = {
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+}
+
+
+def _fetch_problem(status: Mapping[str, Any]) -> str:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+            return str(cond.get("message") or "no node fits the pod")
+    for container in status.get("containerStatuses") or []:
+        if container.get("name") != resources.FETCH_CONTAINER:
+            continue
+        state = container.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in _STUCK:
+            return f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
+        done = state.get("terminated") or {}
+        if done and done.get("exitCode") != 0:
+            detail = str(done.get("message") or "").strip()
+            return f"exit code {done.get('exitCode')}" + (f": {detail}" if detail else "")
+    return ""
+
+
+def fetch_pod_state(body: Mapping[str, Any]) -> FetchPodState:
+    """Summarise a download Job's pod (the fetch-pods index keeps only this)."""
+    meta = body.get("metadata", {})
+    owners = [ref for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "Job"]
+    job = owners[0].get("name", "") if owners else (meta.get("labels") or {}).get("job-name", "")
+    problem = _fetch_problem(body.get("status") or {})
+    return FetchPodState(name=meta.get("name", ""), job=str(job), problem=problem)
+
+
+def with_pod_problems(job: JobState | None, pods: Iterable[FetchPodState]) -> JobState | None:
+    """The Job's state, told why when one of its pods is stuck or failed."""
+    if job is None or job.succeeded:
+        return job
+    found = sorted((pod for pod in pods if pod.job == job.name and pod.problem), key=_by_name)
+    if not found:
+        return job
+    return replace(job, problem=f"{found[0].name}: {found[0].problem}")
+
+
+def _by_name(pod: FetchPodState) -> str:
+    return pod.name
 
 
 def job_succeeded(job: Mapping[str, Any]) -> bool:
@@ -154,6 +215,15 @@ def condition(
     }
 
 
+def _shared_readiness(counts: str, fetch: JobState | None) -> tuple[str, str, str, str]:
+    """Readiness while a shared cache is not filled: no model pod runs (the StatefulSet is at 0)."""
+    if fetch is not None and fetch.phase == "failed":
+        detail = f"model download failed: {fetch.name}: {fetch.message}"
+        return "Failed", "False", "ModelFetchFailed", f"{counts}; {detail}"
+    why = f" ({fetch.problem})" if fetch is not None and fetch.problem else ""
+    return "Loading", "False", "FetchingModel", f"{counts}; downloading the model{why}"
+
+
 def _readiness(
     desired: int,
     workload: WorkloadState | None,
@@ -167,11 +237,7 @@ def _readiness(
     if desired == 0:
         return "ScaledToZero", "False", "ScaledToZero", "scaled to zero replicas"
     if shared and (fetch is None or not fetch.succeeded):
-        # No model pod runs before the shared cache is filled (the StatefulSet is at 0).
-        if fetch is not None and fetch.phase == "failed":
-            detail = f"model download failed: {fetch.name}: {fetch.message}"
-            return "Failed", "False", "ModelFetchFailed", f"{counts}; {detail}"
-        return "Loading", "False", "FetchingModel", f"{counts}; downloading the model"
+        return _shared_readiness(counts, fetch)
     if workload is not None and workload.up_to_date and ready >= desired:
         return "Ready", "True", "AllReplicasReady", counts
     stuck = [pod for pod in pods if pod.unschedulable]
@@ -198,10 +264,12 @@ def _shared_cache(llm: LLMDeployment, fetch: JobState | None) -> tuple[str, str,
         return "False", "Downloading", f"creating the download Job for {claim}"
     if fetch.succeeded:
         return "True", "Cached", f"model cached in {claim} by Job {fetch.name}"
+    problem = f"; {fetch.problem}" if fetch.problem else ""
     if fetch.phase == "failed":
         hint = f"kubectl logs job/{fetch.name}"
-        return "False", "FetchFailed", f"Job {fetch.name}: {fetch.message} ({hint})"
-    return "False", "Downloading", f"Job {fetch.name} is downloading the model into {claim}"
+        return "False", "FetchFailed", f"Job {fetch.name}: {fetch.message}{problem} ({hint})"
+    message = f"Job {fetch.name} is downloading the model into {claim}{problem}"
+    return "False", "Downloading", message
 
 
 def _cache(workload: WorkloadState | None, pods: Sequence[PodState]) -> tuple[str, str, str]:

@@ -14,6 +14,7 @@ from tests.operator.builders import make
 from tests.operator.conftest import (
     LLMD_PATH,
     NS,
+    POD_PATH,
     PVC_PATH,
     STS_PATH,
     SVC_PATH,
@@ -190,3 +191,47 @@ async def test_delete_and_recreate_reuses_the_cache(api: Api, operator: Operator
     assert _posts(api, PVC_PATH) == 1  # the claim was never made again
     again = await api.get(f"{PVC_PATH}/qwen-models") or {}
     assert again["metadata"]["uid"] == claim["metadata"]["uid"]
+
+
+async def test_a_stuck_download_pod_shows_why(api: Api, operator: Operator) -> None:
+    spec = {**SHARED, "engine": "vllm", "model": "meta-llama/Llama-3.1-8B"}
+    spec["hfTokenSecretRef"] = {"name": "hf-token"}
+    await api.create(LLMD_PATH, llmd("llama", spec))
+    name = _job_name("llama", spec)
+    await _wait_object(api, f"{JOB_PATH}/{name}")
+    await _cache_shows(api, "llama", "Downloading")
+    missing = 'secret "hf-token" not found'
+    pod = {  # the Job controller's pod, stuck: the kubelet cannot find the token Secret
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-x7k2p",
+            "namespace": NS,
+            "labels": {resources.FETCH_LABEL: "llama", "job-name": name},
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": "j"}
+            ],
+        },
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": resources.FETCH_CONTAINER,
+                    "state": {
+                        "waiting": {"reason": "CreateContainerConfigError", "message": missing}
+                    },
+                }
+            ],
+        },
+    }
+    await api.create(POD_PATH, pod)
+
+    async def explained() -> dict[str, Any] | None:
+        status = await _status(api, "llama")
+        message = _condition(status, "ModelCacheReady").get("message", "")
+        return status if missing in message else None
+
+    status = await eventually(explained, what="the stuck pod's reason in status")
+    assert _condition(status, "ModelCacheReady")["reason"] == "Downloading"
+    assert missing in _condition(status, "Ready")["message"]
+    assert (await api.get(f"{STS_PATH}/llama") or {})["spec"]["replicas"] == 0

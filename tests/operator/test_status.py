@@ -209,3 +209,45 @@ def test_shared_statuses_fit_the_crd_status_schema() -> None:
         status.JobState(name="j", phase="succeeded"),
     ):
         assert list(validator.iter_errors(_shared(fetch, WorkloadState()))) == []
+
+
+def _fetch_pod(state: dict[str, Any], name: str = "tiny-fetch-1-abcde") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"relais.dev/fetch-for": "tiny", "job-name": "tiny-fetch-1"},
+            "ownerReferences": [{"kind": "Job", "name": "tiny-fetch-1"}],
+        },
+        "status": {"containerStatuses": [{"name": "fetch-model", "state": state}]},
+    }
+
+
+def test_fetch_pod_problems_reach_the_job_state() -> None:
+    missing = 'secret "hf-token" not found'
+    stuck = status.fetch_pod_state(
+        _fetch_pod({"waiting": {"reason": "CreateContainerConfigError", "message": missing}})
+    )
+    assert stuck == status.FetchPodState(
+        name="tiny-fetch-1-abcde",
+        job="tiny-fetch-1",
+        problem=f"CreateContainerConfigError: {missing}",
+    )
+    crashed = status.fetch_pod_state(
+        _fetch_pod({"terminated": {"exitCode": 1, "message": "401 Client Error\n"}}, "p2")
+    )
+    assert crashed.problem == "exit code 1: 401 Client Error"
+    fine = status.fetch_pod_state(_fetch_pod({"running": {}}, "p3"))
+    assert fine.problem == ""
+
+    job = status.JobState(name="tiny-fetch-1")
+    told = status.with_pod_problems(job, [fine, stuck])
+    assert told is not None
+    assert told.problem == f"tiny-fetch-1-abcde: CreateContainerConfigError: {missing}"
+    result = _shared(told, WorkloadState())
+    assert missing in _cache(result)["message"]
+    assert missing in _ready(result)["message"]
+    other = status.FetchPodState(name="x", job="another-job", problem="old trouble")
+    assert status.with_pod_problems(job, [other]) == job  # a superseded Job's pods say nothing
+    done = status.JobState(name="tiny-fetch-1", phase="succeeded")
+    assert status.with_pod_problems(done, [stuck]) == done
+    assert status.with_pod_problems(None, [stuck]) is None
