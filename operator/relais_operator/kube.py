@@ -3,7 +3,9 @@
 `apply()` reads the current object (GET), creates it when absent, and patches it (JSON patch,
 our fields only) when it drifted or our desired manifest changed; otherwise it writes nothing,
 so a no-op reconcile costs reads only. A hash of the desired manifest, kept in an annotation,
-catches removals a subset comparison cannot see (a dropped nodeSelector key).
+catches removals a subset comparison cannot see (a dropped nodeSelector key). What the API
+cannot change in place is re-created: a StatefulSet's immutable fields (its pods orphaned and
+re-adopted), a download Job's pod template (unless the Job has already succeeded).
 
 Client: one pooled aiohttp session with the credentials kopf's own login finds (in-cluster
 service account, else the kubeconfig), so the operator authenticates exactly as its watches do.
