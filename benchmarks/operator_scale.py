@@ -1,8 +1,8 @@
 """Operator at scale: N LLMDeployments against KMock; time to reconcile, API writes, peak RSS.
 
-Two processes, as in a cluster: a KMock API server (`python -m tests.operator.kmock_server`)
-and the real `relais-operator` console script, talking HTTP over loopback through a
-kubeconfig. For each N (default 200 and 1000):
+Half the resources are Ollama ones, half vLLM ones. Two processes, as in a cluster: a KMock
+API server (`python -m tests.operator.kmock_server`) and the real `relais-operator` console
+script, talking HTTP over loopback through a kubeconfig. For each N (default 200 and 1000):
 
 1. start the operator, wait for its liveness endpoint;
 2. create N resources and time until every one has a status for its generation;
@@ -42,7 +42,17 @@ BIN = pathlib.Path(sys.executable).parent
 NS = "bench"
 LLMD_PATH = f"/apis/relais.dev/v1alpha1/namespaces/{NS}/llmdeployments"
 AGENT = "relais-bench"
-SPEC = {"engine": "ollama", "model": "qwen2.5:0.5b", "gpu": {"count": 0}}
+# The mix: every other resource is a vLLM one (a Hugging Face model, a GPU, a token Secret).
+SPECS = [
+    {"engine": "ollama", "model": "qwen2.5:0.5b", "gpu": {"count": 0}},
+    {
+        "engine": "vllm",
+        "model": "Qwen/Qwen2.5-0.5B-Instruct",
+        "gpu": {"count": 1, "type": "nvidia-l4"},
+        "hfTokenSecretRef": {"name": "hf-token"},
+        "requestLimits": {"maxConcurrentRequests": 32},
+    },
+]
 
 
 @dataclass
@@ -162,7 +172,7 @@ async def create_all(session: aiohttp.ClientSession, url: str, n: int) -> None:
             "apiVersion": "relais.dev/v1alpha1",
             "kind": "LLMDeployment",
             "metadata": {"name": f"m{i:05d}", "namespace": NS, "uid": str(uuid.uuid4())},
-            "spec": SPEC,
+            "spec": SPECS[i % len(SPECS)],
         }
         async with limit, session.post(f"{url}{LLMD_PATH}", json=body) as resp:
             assert resp.status < 300, await resp.text()

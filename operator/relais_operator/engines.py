@@ -1,7 +1,7 @@
 """The engine table: everything engine-specific, in one place, read by the pure builders.
 
-Adding an engine (vLLM is next) means adding one `Engine` here and its name to the CRD enum;
-the builders in `resources.py` never branch on an engine's name.
+Adding an engine means adding one `Engine` here, its name to the CRD enum and to the
+`engine` literal in `relais_api`; the builders in `resources.py` never branch on an engine's name.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from relais_operator.spec import LLMDeploymentSpec
+    from relais_api import LLMDeploymentSpec
 
 # Inside the container, /tmp is an emptyDir the builders mount (not the host's temp dir).
 TMP = "/tmp"  # noqa: S108
 OLLAMA_IMAGE = "docker.io/ollama/ollama:0.6.8"
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.4"
+VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.18.0"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Engine:
     fetch_command: Callable[[LLMDeploymentSpec], list[str]]
     # Flags the operator sets itself; a spec whose `args` sets them is rejected as InvalidSpec.
     managed_flags: frozenset[str] = field(default_factory=frozenset)
+    # Environment of the server only when it reads a shared cache mounted read-only.
+    read_only_cache_env: Mapping[str, str] = field(default_factory=dict)
     needs_shm: bool = False
     # Whether the engine writes only to its volumes (/tmp, the cache), so the root fs can be RO.
     read_only_root: bool = True
@@ -93,13 +96,15 @@ OLLAMA = Engine(
     args=lambda spec: ["serve", *spec.args],
     fetch_command=_ollama_fetch,
     managed_flags=frozenset(),
+    # At start Ollama deletes blobs no manifest uses: never on a cache it may only read.
+    read_only_cache_env={"OLLAMA_NOPRUNE": "1"},
 )
 
 
 # --- Text Generation Inference ----------------------------------------------------------------
 
-# Runs inside the TGI image (python and huggingface_hub ship with it). A snapshot already in the
-# cache is found offline (local_files_only) and nothing is downloaded.
+# Runs inside the TGI and vLLM images (python and huggingface_hub ship with both). A snapshot
+# already in the cache is found offline (local_files_only) and nothing is downloaded.
 _HF_FETCH = """
 import os, sys
 from huggingface_hub import snapshot_download
@@ -127,9 +132,14 @@ def _tgi_args(spec: LLMDeploymentSpec) -> list[str]:
     return [*args, *spec.args]
 
 
-def _tgi_fetch(spec: LLMDeploymentSpec) -> list[str]:
-    del spec  # the model and revision come in through the environment (RELAIS_MODEL/REVISION)
-    return ["python", "-c", _HF_FETCH]
+def hf_fetch(python: str) -> Callable[[LLMDeploymentSpec], list[str]]:
+    """The Hugging Face fetch step, run by the image's own `python` (TGI and vLLM ship one)."""
+
+    def command(spec: LLMDeploymentSpec) -> list[str]:
+        del spec  # the model and revision come in through the environment (RELAIS_MODEL/REVISION)
+        return [python, "-c", _HF_FETCH]
+
+    return command
 
 
 TGI = Engine(
@@ -143,7 +153,7 @@ TGI = Engine(
     serve_env={"HF_HUB_OFFLINE": "1"},
     command=("text-generation-launcher",),
     args=_tgi_args,
-    fetch_command=_tgi_fetch,
+    fetch_command=hf_fetch("python"),
     managed_flags=frozenset(
         {"--model-id", "--revision", "--hostname", "--port", "--num-shard", "--sharded"}
     ),
@@ -152,4 +162,50 @@ TGI = Engine(
     read_only_root=False,
 )
 
-ENGINES: dict[str, Engine] = {engine.name: engine for engine in (OLLAMA, TGI)}
+
+# --- vLLM -------------------------------------------------------------------------------------
+
+
+def _vllm_args(spec: LLMDeploymentSpec) -> list[str]:
+    # `vllm serve MODEL`: the repo id, found offline in the HF cache the fetch step filled.
+    args = [spec.model, "--revision", spec.revision or "main"]
+    args += ["--served-model-name", spec.effective_served_model_name]
+    args += ["--host", "0.0.0.0", "--port", str(VLLM.port)]
+    if spec.gpu.count > 1:
+        args += ["--tensor-parallel-size", str(spec.gpu.count)]
+    if spec.request_limits.max_concurrent_requests is not None:
+        args += ["--max-num-seqs", str(spec.request_limits.max_concurrent_requests)]
+    return [*args, *spec.args]
+
+
+VLLM = Engine(
+    name="vllm",
+    image=VLLM_IMAGE,
+    port=8000,
+    health_path="/health",
+    cache_path="/data",
+    cache_env={"HF_HOME": "/data", "HF_HUB_CACHE": "/data/hub", "HOME": TMP},
+    # Offline: the weights come from the cache; no usage report leaves the pod either.
+    serve_env={"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+    # The image's ENTRYPOINT, spelled out so the pod spec says what runs.
+    command=("vllm", "serve"),
+    args=_vllm_args,
+    fetch_command=hf_fetch("python3"),
+    managed_flags=frozenset(
+        {
+            "--model",
+            "--revision",
+            "--served-model-name",
+            "--host",
+            "--port",
+            "--tensor-parallel-size",
+            "-tp",
+            "--max-num-seqs",
+        }
+    ),
+    needs_shm=True,
+    # torch.compile, triton and CUDA graphs write caches at load: a RO root would break them.
+    read_only_root=False,
+)
+
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (OLLAMA, TGI, VLLM)}

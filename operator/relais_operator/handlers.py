@@ -21,6 +21,7 @@ from relais_operator.spec import GROUP, PLURAL, VERSION, InvalidSpecError, LLMDe
 
 LLMD = (GROUP, VERSION, PLURAL)
 CHILD: dict[str, Any] = {resources.LABEL: kopf.PRESENT}
+FETCH_POD: dict[str, Any] = {resources.FETCH_LABEL: kopf.PRESENT}
 Key = tuple[str, str]
 
 
@@ -64,6 +65,20 @@ async def workloads(
     return {(namespace, labels[resources.LABEL]): status.workload_state(body)}
 
 
+@kopf.index("batch", "v1", "jobs", labels=CHILD)
+async def fetch_jobs(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> object:
+    return {(namespace, labels[resources.LABEL]): status.job_state(body)}
+
+
+@kopf.index("v1", "pods", labels=FETCH_POD)
+async def fetch_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> object:
+    return {(namespace, labels[resources.FETCH_LABEL]): status.fetch_pod_state(body)}
+
+
 @kopf.index("v1", "pods", labels=CHILD)
 async def pods(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
@@ -80,12 +95,36 @@ async def pods(
 async def reconcile(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     """Parse, build, apply, publish status. A no-op when everything already matches."""
     llm = await _parse_or_report(body, memo)
-    applied = [
-        await memo.kube.apply(child) for child in resources.build_children(llm, memo.settings)
-    ]
-    workload = status.workload_state(applied[-1])
+    workload, fetch = await _apply_children(llm, memo)
+    await _delete_superseded_jobs(llm, kwargs["fetch_jobs"], memo)
     pod_states = _pods_of(kwargs["pods"], llm)
-    await _publish(llm, body.get("status") or {}, workload, pod_states, memo)
+    fetch = status.with_pod_problems(fetch, _fetch_pods_of(kwargs["fetch_pods"], llm))
+    await _publish(llm, body.get("status") or {}, workload, pod_states, fetch, memo)
+
+
+async def _apply_children(
+    llm: LLMDeployment, memo: Any
+) -> tuple[status.WorkloadState | None, status.JobState | None]:
+    """Apply the children in order; a shared cache's Job first, as the replicas depend on it."""
+    cache = resources.build_cache(llm, memo.settings)
+    if cache is not None:
+        await memo.kube.apply(cache)
+    job = resources.build_fetch_job(llm, memo.settings)
+    fetch = status.job_state(await memo.kube.apply(job)) if job is not None else None
+    cached = fetch is not None and fetch.succeeded
+    await memo.kube.apply(resources.build_service(llm, memo.settings))
+    workload = await memo.kube.apply(resources.build_workload(llm, memo.settings, cached=cached))
+    return status.workload_state(workload), fetch
+
+
+async def _delete_superseded_jobs(
+    llm: LLMDeployment, index: kopf.Index[Key, Any], memo: Any
+) -> None:
+    """Delete download Jobs of an earlier model or revision (the current one has its own)."""
+    current = resources.fetch_job_name(llm)
+    for job in list(index.get((llm.namespace, llm.name), [])):
+        if job.name != current:
+            await memo.kube.delete(resources.job_reference(llm, job.name))
 
 
 async def _parse_or_report(body: kopf.Body, memo: Any) -> LLMDeployment:
@@ -109,13 +148,16 @@ async def _publish(
     shown: Mapping[str, Any],
     workload: status.WorkloadState | None,
     pod_states: list[status.PodState],
+    fetch: status.JobState | None,
     memo: Any,
 ) -> None:
     """Write the status when it differs from the last one written (or shown, after a restart)."""
     key = (llm.namespace, llm.name)
     async with memo.locks[key]:
         previous = memo.written.get(key) or shown
-        new = status.compute(llm, memo.settings, workload, pod_states, previous, status.now())
+        new = status.compute(
+            llm, memo.settings, workload, pod_states, previous, status.now(), fetch=fetch
+        )
         if status.needs_update(previous, new):
             await memo.kube.patch_status(llm.namespace, llm.name, new)
             memo.written[key] = new
@@ -126,12 +168,26 @@ def _pods_of(index: kopf.Index[Key, Any], llm: LLMDeployment) -> list[status.Pod
     return sorted(found, key=lambda pod: pod.name)
 
 
+def _fetch_pods_of(index: kopf.Index[Key, Any], llm: LLMDeployment) -> list[status.FetchPodState]:
+    return list(index.get((llm.namespace, llm.name), []))
+
+
+def _fetch_of(index: kopf.Index[Key, Any], llm: LLMDeployment) -> status.JobState | None:
+    """The current download Job's state, if it is in the index (shared caches only)."""
+    if not llm.spec.storage.shared:
+        return None
+    name = resources.fetch_job_name(llm)
+    jobs: list[status.JobState] = list(index.get((llm.namespace, llm.name), []))
+    return next((job for job in jobs if job.name == name), None)
+
+
 # --- children: status follows their real state; a deleted child is put back -------------------
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=CHILD)
 @kopf.on.event("v1", "pods", labels=CHILD)
 @kopf.on.event("v1", "services", labels=CHILD)
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD)
 async def child_changed(
     type: str,
     namespace: str | None,
@@ -140,12 +196,26 @@ async def child_changed(
     resource: kopf.Resource,
     **kwargs: Any,
 ) -> None:
-    """Refresh the parent's status; re-create its StatefulSet or Service if one was deleted."""
+    """Refresh the parent's status; re-apply its children when one was deleted or its download
+    Job moved on (a succeeded Job scales the StatefulSet up)."""
     if resource.plural == "services" and type != "DELETED":
         return  # a Service says nothing about readiness; it matters only when it is gone
-    key = (namespace or "", labels[resources.LABEL])
-    parents: kopf.Index[Key, Any] = kwargs["llmdeployments"]
-    found = parents.get(key)
+    deleted = type == "DELETED" and resource.plural in {"statefulsets", "services"}
+    reapply = deleted or resource.plural == "jobs"
+    await _refresh((namespace or "", labels[resources.LABEL]), memo, kwargs, reapply=reapply)
+
+
+@kopf.on.event("v1", "pods", labels=FETCH_POD)
+async def fetch_pod_changed(
+    namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any
+) -> None:
+    """A download Job's pod: its trouble (a missing Secret, a failed step) shows in status."""
+    await _refresh((namespace or "", labels[resources.FETCH_LABEL]), memo, kwargs, reapply=False)
+
+
+async def _refresh(key: Key, memo: Any, indexes: Mapping[str, Any], *, reapply: bool) -> None:
+    """Publish the status of the parent `key` from the indexes (after re-applying, if asked)."""
+    found = indexes["llmdeployments"].get(key)
     parent: Mapping[str, Any] | None = next(iter(found), None) if found is not None else None
     if parent is None or parent.get("metadata", {}).get("deletionTimestamp"):
         return
@@ -153,12 +223,14 @@ async def child_changed(
         llm = LLMDeployment.from_body(parent)
     except InvalidSpecError:
         return  # reconcile has reported it; nothing to follow
-    if type == "DELETED" and resource.plural in {"statefulsets", "services"}:
-        for child in resources.build_children(llm, memo.settings):
-            await memo.kube.apply(child)
-    workload = next(iter(kwargs["workloads"].get(key, [])), None)
-    pod_states = _pods_of(kwargs["pods"], llm)
-    await _publish(llm, parent.get("status") or {}, workload, pod_states, memo)
+    if reapply:
+        workload, fetch = await _apply_children(llm, memo)
+    else:
+        workload = next(iter(indexes["workloads"].get(key, [])), None)
+        fetch = _fetch_of(indexes["fetch_jobs"], llm)
+    fetch = status.with_pod_problems(fetch, _fetch_pods_of(indexes["fetch_pods"], llm))
+    pod_states = _pods_of(indexes["pods"], llm)
+    await _publish(llm, parent.get("status") or {}, workload, pod_states, fetch, memo)
 
 
 @kopf.on.event(*LLMD)

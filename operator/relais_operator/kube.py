@@ -3,7 +3,9 @@
 `apply()` reads the current object (GET), creates it when absent, and patches it (JSON patch,
 our fields only) when it drifted or our desired manifest changed; otherwise it writes nothing,
 so a no-op reconcile costs reads only. A hash of the desired manifest, kept in an annotation,
-catches removals a subset comparison cannot see (a dropped nodeSelector key).
+catches removals a subset comparison cannot see (a dropped nodeSelector key). What the API
+cannot change in place is re-created: a StatefulSet's immutable fields (its pods orphaned and
+re-adopted), a download Job's pod template (unless the Job has already succeeded).
 
 Client: one pooled aiohttp session with the credentials kopf's own login finds (in-cluster
 service account, else the kubeconfig), so the operator authenticates exactly as its watches do.
@@ -24,6 +26,7 @@ import aiohttp
 import kopf
 
 from relais_operator.spec import GROUP, PLURAL, VERSION
+from relais_operator.status import job_succeeded
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ _PLURALS = {
     "StatefulSet": "statefulsets",
     "Service": "services",
     "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Job": "jobs",
 }
 # Paths we own and patch in place, and paths the API forbids changing (-> delete and re-create).
 _MUTABLE = {
@@ -43,6 +47,8 @@ _MUTABLE = {
     ),
     "Service": ("spec/type", "spec/selector", "spec/ports"),
     "PersistentVolumeClaim": ("spec/resources",),
+    # A Job's pod template is immutable: never patched. A new model is a new Job name.
+    "Job": (),
 }
 _IMMUTABLE = {
     "StatefulSet": (
@@ -51,7 +57,13 @@ _IMMUTABLE = {
         "spec/podManagementPolicy",
         "spec/volumeClaimTemplates",
     ),
+    # A download Job whose pod changed (a fixed token reference, a new image) is replaced,
+    # unless it has already succeeded: the cache is filled, there is nothing to redo.
+    "Job": ("spec/template",),
 }
+# How a re-created object's dependents go: a StatefulSet's pods stay (they are re-adopted);
+# a replaced Job's pods go with it.
+_RECREATE_PROPAGATION = {"Job": "Background"}
 
 Obj = dict[str, Any]
 
@@ -137,6 +149,8 @@ def patch_ops(desired: Mapping[str, Any], current: Mapping[str, Any]) -> list[Ob
 
 def needs_recreate(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
     """Whether a field the API never changes in place differs (StatefulSet claim templates...)."""
+    if desired["kind"] == "Job" and job_succeeded(current):
+        return False
     return any(
         _get(desired, path) is not None and not is_subset(_get(desired, path), _get(current, path))
         for path in _IMMUTABLE.get(desired["kind"], ())
@@ -265,8 +279,9 @@ class Kube:
             if current is not None and current["metadata"].get("deletionTimestamp"):
                 raise kopf.TemporaryError(f"{what} is being deleted; waiting", delay=5)
             if current is not None and needs_recreate(desired, current):
-                log.info("%s: immutable fields changed; re-creating (pods are kept)", what)
-                await self._delete_orphan(desired)
+                policy = _RECREATE_PROPAGATION.get(desired["kind"], "Orphan")
+                log.info("%s: immutable fields changed; re-creating (dependents: %s)", what, policy)
+                await self._delete(desired, policy)
                 current = None
             if current is None:
                 created = await self._create(desired)
@@ -291,13 +306,19 @@ class Kube:
                 return None
             raise
 
-    async def _delete_orphan(self, desired: Obj) -> None:
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Orphan"}
+    async def _delete(self, manifest: Mapping[str, Any], policy: str) -> None:
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": policy}
         try:
-            await self._call("DELETE", object_path(desired), body)
+            await self._call("DELETE", object_path(manifest), body)
         except ApiError as exc:
             if exc.status != 404:
                 raise
+
+    async def delete(self, manifest: Mapping[str, Any]) -> None:
+        """Delete an object and its dependents (gone already is fine)."""
+        meta = manifest["metadata"]
+        with api_errors(f"deleting {manifest['kind']} {meta['namespace']}/{meta['name']}"):
+            await self._delete(manifest, "Background")
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch an LLMDeployment's status subresource (gone resources are ignored)."""

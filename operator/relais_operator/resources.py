@@ -2,13 +2,18 @@
 
 No I/O here; `kube.apply` sends what these return. The model cache:
 - ReadWriteOnce (default): one PVC per replica through the StatefulSet's volumeClaimTemplates
-  (`models-<name>-<ordinal>`), so every replica owns its disk and scaling past one replica works.
-- ReadWriteMany: one shared PVC `<name>-models`, mounted by every replica.
-Claim names are deterministic, so re-creating a deleted resource finds its retained caches.
+  (`models-<name>-<ordinal>`), filled by each pod's fetch step (an init container), so every
+  replica owns its disk and scaling past one replica works.
+- ReadWriteMany: one shared PVC `<name>-models`, filled once by a download Job
+  (`<name>-fetch-<hash of model and revision>`) and mounted read-only by every replica. The
+  pods have no fetch step; the StatefulSet runs 0 replicas until the Job has succeeded.
+Claim and Job names are deterministic, so re-creating a deleted resource finds its retained
+cache, and its new Job finds the model there and exits at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from relais_operator.engines import ENGINES, TMP, Engine
@@ -21,6 +26,11 @@ GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
 CACHE_VOLUME = "models"
 FETCH_CONTAINER = "fetch-model"
 SERVER_CONTAINER = "model-server"
+# The download Job's pods carry this label, not LABEL: they are no model pods (the Service and
+# the operator's pod watch select LABEL), yet `kubectl get pods -l relais.dev/fetch-for=NAME`.
+FETCH_LABEL = "relais.dev/fetch-for"
+# A Job's name goes into its pods' `job-name` label: at most 63 characters.
+_JOB_NAME_PREFIX = 63 - len("-fetch-") - 8
 
 Manifest = dict[str, Any]
 
@@ -57,6 +67,15 @@ def shared_claim_name(llm: LLMDeployment) -> str:
 def replica_claim_name(llm: LLMDeployment, ordinal: int) -> str:
     """The PVC the StatefulSet controller makes for replica `ordinal` (ReadWriteOnce caches)."""
     return f"{CACHE_VOLUME}-{llm.name}-{ordinal}"
+
+
+def fetch_job_name(llm: LLMDeployment) -> str:
+    """`<name>-fetch-<hash>`: a new model or revision is a new Job (a Job's pods are immutable)."""
+    key = f"{llm.spec.model}@{llm.spec.revision or 'main'}"
+    if len(llm.name) > _JOB_NAME_PREFIX:  # the name is cut: keep Jobs of long names apart
+        key += f"@{llm.name}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return f"{llm.name[:_JOB_NAME_PREFIX]}-fetch-{digest}"
 
 
 def endpoint(llm: LLMDeployment, settings: OperatorSettings) -> str:
@@ -118,7 +137,7 @@ def _cache_claim_spec(llm: LLMDeployment) -> dict[str, Any]:
 def build_cache(llm: LLMDeployment, settings: OperatorSettings) -> Manifest | None:
     """The shared ReadWriteMany cache PVC, or None for per-replica (ReadWriteOnce) caches."""
     del settings
-    if llm.spec.storage.access_mode != "ReadWriteMany":
+    if not llm.spec.storage.shared:
         return None
     # The one deliberate exception to "every child has an ownerReference": with retainOnDelete
     # the cache must outlive the LLMDeployment, so the garbage collector must not see an owner.
@@ -175,11 +194,11 @@ def _container_security(engine: Engine) -> dict[str, Any]:
     }
 
 
-def _mounts(engine: Engine) -> list[dict[str, Any]]:
-    mounts = [
-        {"name": CACHE_VOLUME, "mountPath": engine.cache_path},
-        {"name": "tmp", "mountPath": TMP},
-    ]
+def _mounts(engine: Engine, *, read_only: bool = False) -> list[dict[str, Any]]:
+    cache: dict[str, Any] = {"name": CACHE_VOLUME, "mountPath": engine.cache_path}
+    if read_only:
+        cache["readOnly"] = True
+    mounts = [cache, {"name": "tmp", "mountPath": TMP}]
     if engine.needs_shm:
         # The container's shared memory (an emptyDir in RAM), not a host path.
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})  # noqa: S108
@@ -190,7 +209,9 @@ def _image(llm: LLMDeployment, settings: OperatorSettings) -> str:
     return llm.spec.image or settings.image_for(llm.spec.engine) or engine_of(llm).image
 
 
-def _fetch_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
+def _fetch_container(
+    llm: LLMDeployment, settings: OperatorSettings, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
     engine = engine_of(llm)
     env = _env({**engine.cache_env, "RELAIS_MODEL": llm.spec.model})
     if llm.spec.revision is not None:
@@ -205,7 +226,7 @@ def _fetch_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[str
         "image": _image(llm, settings),
         "command": engine.fetch_command(llm.spec),
         "env": env,
-        "volumeMounts": _mounts(engine),
+        "volumeMounts": mounts,
         "securityContext": _container_security(engine),
     }
 
@@ -221,18 +242,20 @@ def _probe(engine: Engine, period: int, failures: int) -> dict[str, Any]:
 
 def _server_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
     engine = engine_of(llm)
+    shared = llm.spec.storage.shared
+    env = {**engine.cache_env, **engine.serve_env, **(engine.read_only_cache_env if shared else {})}
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
         "image": _image(llm, settings),
         "command": list(engine.command),
         "args": engine.args(llm.spec),
-        "env": _env({**engine.cache_env, **engine.serve_env}) + _user_env(llm),
+        "env": _env(env) + _user_env(llm),
         "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
         # Model load can take long: the startup probe allows it; readiness then gates traffic.
         "startupProbe": _probe(engine, 10, max(1, settings.startup_timeout_seconds // 10)),
         "readinessProbe": _probe(engine, 10, 3),
         "livenessProbe": _probe(engine, 30, 5),
-        "volumeMounts": _mounts(engine),
+        "volumeMounts": _mounts(engine, read_only=shared),
         "securityContext": _container_security(engine),
     }
     resources = _resources(llm)
@@ -245,15 +268,16 @@ def _volumes(llm: LLMDeployment) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if engine_of(llm).needs_shm:
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
-    if llm.spec.storage.access_mode == "ReadWriteMany":
-        claim = {"claimName": shared_claim_name(llm)}
+    if llm.spec.storage.shared:  # the download Job writes it; model pods only read it
+        claim = {"claimName": shared_claim_name(llm), "readOnly": True}
         volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": claim})
     return volumes
 
 
-def _pod_spec(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
+def _pod_basics(settings: OperatorSettings) -> dict[str, Any]:
+    """What every pod we make shares: no API token, no service links, non-root, seccomp."""
     uid = settings.run_as_user
-    spec: dict[str, Any] = {
+    return {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {
@@ -265,10 +289,16 @@ def _pod_spec(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
             "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "initContainers": [_fetch_container(llm, settings)],
-        "containers": [_server_container(llm, settings)],
-        "volumes": _volumes(llm),
     }
+
+
+def _pod_spec(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
+    spec = _pod_basics(settings)
+    if not llm.spec.storage.shared:  # per-replica caches: each pod fetches into its own disk
+        fetch = _fetch_container(llm, settings, _mounts(engine_of(llm)))
+        spec["initContainers"] = [fetch]
+    spec["containers"] = [_server_container(llm, settings)]
+    spec["volumes"] = _volumes(llm)
     node_selector = _node_selector(llm)
     if node_selector:
         spec["nodeSelector"] = node_selector
@@ -278,16 +308,21 @@ def _pod_spec(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
     return spec
 
 
-def build_workload(llm: LLMDeployment, settings: OperatorSettings) -> Manifest:
-    """The StatefulSet `<name>`: a fetch step then the engine, one cache per replica (RWO)."""
+def build_workload(
+    llm: LLMDeployment, settings: OperatorSettings, *, cached: bool = False
+) -> Manifest:
+    """The StatefulSet `<name>`: per-replica caches (RWO), or the shared cache read-only (RWX).
+
+    `cached` says whether the shared cache's download Job has succeeded: until then the
+    StatefulSet runs 0 replicas, so no pod starts on a cache without the model.
+    """
     storage = llm.spec.storage
-    shared = storage.access_mode == "ReadWriteMany"
+    shared = storage.shared
     spec: dict[str, Any] = {
-        "replicas": llm.spec.replicas,
+        "replicas": llm.spec.replicas if cached or not shared else 0,
         "serviceName": llm.name,
-        # Per-replica caches: replicas are independent, start them together. A shared cache:
-        # one at a time, so the first replica fetches and the others find the model.
-        "podManagementPolicy": "OrderedReady" if shared else "Parallel",
+        # Replicas are independent (each its own disk, or all reading a filled shared cache).
+        "podManagementPolicy": "Parallel",
         "selector": {"matchLabels": selector(llm)},
         "updateStrategy": {"type": "RollingUpdate"},
         "persistentVolumeClaimRetentionPolicy": {
@@ -316,8 +351,68 @@ def build_workload(llm: LLMDeployment, settings: OperatorSettings) -> Manifest:
     }
 
 
-def build_children(llm: LLMDeployment, settings: OperatorSettings) -> list[Manifest]:
-    """Every child in creation order: the cache (if shared), the Service, the StatefulSet."""
-    cache = build_cache(llm, settings)
-    children = [build_service(llm, settings), build_workload(llm, settings)]
-    return [cache, *children] if cache is not None else children
+def _job_mounts(engine: Engine) -> list[dict[str, Any]]:
+    return [
+        {"name": CACHE_VOLUME, "mountPath": engine.cache_path},
+        {"name": "tmp", "mountPath": TMP},
+    ]
+
+
+def build_fetch_job(llm: LLMDeployment, settings: OperatorSettings) -> Manifest | None:
+    """The Job that downloads the model into the shared cache once; None for per-replica caches.
+
+    It runs the engine's own image and fetch step (which exits at once when the model is
+    already there), to completion, retried at most `fetch_backoff_limit` times and stopped
+    after `fetch_timeout_seconds` (a pod stuck on a missing Secret fails too, in the end). It
+    has no scheduling constraints: downloading needs no GPU.
+    """
+    if not llm.spec.storage.shared:
+        return None
+    engine = engine_of(llm)
+    pod_labels = {
+        FETCH_LABEL: llm.name,
+        "app.kubernetes.io/name": llm.spec.engine,
+        "app.kubernetes.io/instance": llm.name,
+        "app.kubernetes.io/component": "model-fetch",
+        "app.kubernetes.io/managed-by": "relais-operator",
+    }
+    pod = _pod_basics(settings)
+    pod["restartPolicy"] = "Never"
+    # The step's last log lines become a failed pod's message, which status then shows.
+    fetch = _fetch_container(llm, settings, _job_mounts(engine))
+    fetch["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    pod["containers"] = [fetch]
+    claim = {"claimName": shared_claim_name(llm)}
+    pod["volumes"] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": CACHE_VOLUME, "persistentVolumeClaim": claim},
+    ]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(llm, fetch_job_name(llm)),
+        "spec": {
+            "backoffLimit": settings.fetch_backoff_limit,
+            "activeDeadlineSeconds": settings.fetch_timeout_seconds,
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+        },
+    }
+
+
+def job_reference(llm: LLMDeployment, name: str) -> Manifest:
+    """Enough of a Job `name` of this resource to address it (to delete a superseded one)."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": llm.namespace},
+    }
+
+
+def build_children(
+    llm: LLMDeployment, settings: OperatorSettings, *, cached: bool = False
+) -> list[Manifest]:
+    """Every child in creation order: the shared cache and its Job (if shared), the Service,
+    the StatefulSet (see build_workload for `cached`)."""
+    cache = [build_cache(llm, settings), build_fetch_job(llm, settings)]
+    serving = [build_service(llm, settings), build_workload(llm, settings, cached=cached)]
+    return [child for child in (*cache, *serving) if child is not None]

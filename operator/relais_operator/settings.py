@@ -30,8 +30,13 @@ class OperatorSettings(BaseSettings):
     # Engine image overrides (an air-gapped mirror); empty means the engine table's pinned image.
     ollama_image: str = ""
     tgi_image: str = ""
+    vllm_image: str = ""
     # How long a replica may take to load its model before the kubelet restarts it.
     startup_timeout_seconds: int = Field(default=3600, ge=60)
+    # Retries of a shared cache's download Job before it fails (FetchFailed); never unbounded.
+    fetch_backoff_limit: int = Field(default=3, ge=0, le=10)
+    # How long a download Job may run in all (its activeDeadlineSeconds) before it fails.
+    fetch_timeout_seconds: int = Field(default=21600, ge=60)
     # UID/GID the model servers and the fetch step run as (the cache volume is chowned via fsGroup).
     run_as_user: int = Field(default=1000, ge=1)
     # Watch CustomResourceDefinitions (needs list/watch on them); off = scan the API once at start.
@@ -47,7 +52,8 @@ class OperatorSettings(BaseSettings):
 
     def image_for(self, engine: str) -> str:
         """The configured image override for an engine, or '' for the engine table's default."""
-        return {"ollama": self.ollama_image, "tgi": self.tgi_image}.get(engine, "")
+        images = {"ollama": self.ollama_image, "tgi": self.tgi_image, "vllm": self.vllm_image}
+        return images.get(engine, "")
 
     @property
     def liveness_endpoint(self) -> str | None:

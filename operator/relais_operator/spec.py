@@ -1,200 +1,65 @@
-"""Typed LLMDeployment: the custom resource parsed once, at the boundary, by the handlers.
+"""The LLMDeployment as the operator parses it: the shared model plus the operator's own checks.
 
-The CRD schema (manifests/crd.yaml) rejects most bad input at `kubectl apply`; this module
-mirrors its rules and adds the checks a schema cannot express (child names that must be DNS-1035
-labels, flags and variables the operator manages). A failure raises `InvalidSpecError`, which
-the handlers turn into `Ready=False, reason=InvalidSpec`.
+The typed resource lives in `relais_api` (shared with the gateway). The operator adds what only
+it knows, from its engine table: flags and environment variables it sets itself, which a spec
+must not set again. A failure raises `InvalidSpecError`, which the handlers turn into
+`Ready=False, reason=InvalidSpec`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from relais_api import (
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    InvalidSpecError,
+    LLMDeploymentSpec,
+    describe,
+)
+from relais_api import LLMDeployment as _SharedLLMDeployment
 
 from relais_operator.engines import ENGINES
 
-GROUP = "relais.dev"
-VERSION = "v1alpha1"
-PLURAL = "llmdeployments"
-KIND = "LLMDeployment"
-
-# Children are named `<name>` (Service: a DNS-1035 label) and pods `<name>-<ordinal>`; the
-# StatefulSet controller puts `<name>-<hash>` into a 63-character label, so 52 is the limit.
-MAX_NAME_LENGTH = 52
-_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_HF_REPO = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*/[-A-Za-z0-9_.]+$")
-# The Kubernetes quantity syntax (as in the CRD schema; from apimachinery resource.Quantity).
-_QUANTITY = re.compile(
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
+__all__ = [
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "InvalidSpecError",
+    "LLMDeployment",
+    "LLMDeploymentSpec",
+    "describe",
+    "operator_problems",
+]
 
 
-class InvalidSpecError(ValueError):
-    """A resource the operator cannot act on; the message is shown to the user as is."""
+def operator_problems(spec: LLMDeploymentSpec) -> list[str]:
+    """What the operator refuses in a schema-valid spec: flags and variables it manages."""
+    engine = ENGINES[spec.engine]
+    problems = []
+    for arg in spec.args:
+        flag = arg.split("=", 1)[0]
+        if flag in engine.managed_flags:
+            problems.append(f"spec.args: {flag} is set by the operator; remove it from args")
+    managed_env = {*engine.cache_env, *engine.serve_env, *engine.read_only_cache_env, "HF_TOKEN"}
+    for var in spec.env:
+        if var.name in managed_env:
+            problems.append(f"spec.env: {var.name} is set by the operator; remove it from env")
+    return problems
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        frozen=True,
-        extra="ignore",
-        protected_namespaces=(),
-    )
-
-
-class GPU(_Model):
-    count: int = Field(default=1, ge=0)
-    type: str | None = None
-
-
-class Resources(_Model):
-    requests: dict[str, str | int] = Field(default_factory=dict)
-    limits: dict[str, str | int] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _quantities(self) -> Resources:
-        for kind, values in (("requests", self.requests), ("limits", self.limits)):
-            for key, value in values.items():
-                if not _QUANTITY.match(str(value)):
-                    raise ValueError(f"{kind}.{key}: {value!r} is not a Kubernetes quantity")
-        return self
-
-
-class Storage(_Model):
-    size: str = "50Gi"
-    storage_class_name: str | None = None
-    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteOnce"
-    retain_on_delete: bool = True
-
-    @model_validator(mode="after")
-    def _size(self) -> Storage:
-        if not _QUANTITY.match(self.size):
-            raise ValueError(f"size: {self.size!r} is not a Kubernetes quantity")
-        return self
-
-
-class SecretKeyRef(_Model):
-    name: str = Field(min_length=1)
-    key: str = Field(default="token", min_length=1)
-
-
-class EnvVar(_Model):
-    name: str = Field(min_length=1)
-    value: str | None = None
-    value_from: dict[str, Any] | None = None
-
-
-class Toleration(_Model):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
-
-
-class RequestLimits(_Model):
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_concurrent_requests: int | None = Field(default=None, ge=1)
-
-
-class LLMDeploymentSpec(_Model):
-    """`spec` of an LLMDeployment; field names are the CRD's, in snake_case."""
-
-    engine: Literal["ollama", "tgi"]
-    model: str = Field(min_length=1)
-    revision: str | None = None
-    served_model_name: str | None = None
-    replicas: int = Field(default=1, ge=0)
-    gpu: GPU = Field(default_factory=GPU)
-    resources: Resources = Field(default_factory=Resources)
-    storage: Storage = Field(default_factory=Storage)
-    hf_token_secret_ref: SecretKeyRef | None = None
-    image: str | None = None
-    args: list[str] = Field(default_factory=list)
-    env: list[EnvVar] = Field(default_factory=list)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    request_limits: RequestLimits = Field(default_factory=RequestLimits)
-
-    @property
-    def effective_served_model_name(self) -> str:
-        return self.served_model_name or self.model
-
-    @model_validator(mode="after")
-    def _engine_rules(self) -> LLMDeploymentSpec:
-        # Mirrors the CRD's CEL rules (for operators on clusters without CEL, and for tests).
-        if self.engine != "tgi" and self.revision is not None:
-            raise ValueError("revision is only valid with engine tgi")
-        if self.engine != "tgi" and self.hf_token_secret_ref is not None:
-            raise ValueError("hfTokenSecretRef is only valid with engine tgi")
-        if self.engine == "tgi" and not _HF_REPO.match(self.model):
-            raise ValueError(
-                "with engine tgi, model must be a Hugging Face repo id such as google/gemma-2-2b-it"
-            )
-        if self.engine == "ollama" and " " in self.model:
-            raise ValueError(
-                "with engine ollama, model must be an Ollama tag such as qwen2.5:7b-instruct"
-            )
-        engine = ENGINES[self.engine]
-        for arg in self.args:
-            flag = arg.split("=", 1)[0]
-            if flag in engine.managed_flags:
-                raise ValueError(f"args: {flag} is set by the operator; remove it from args")
-        managed_env = {*engine.cache_env, *engine.serve_env, "HF_TOKEN"}
-        for var in self.env:
-            if var.name in managed_env:
-                raise ValueError(f"env: {var.name} is set by the operator; remove it from env")
-        return self
-
-
-class LLMDeployment(_Model):
-    """A whole LLMDeployment: identity, generation and the parsed spec."""
-
-    name: str
-    namespace: str
-    uid: str = ""
-    generation: int = 0
-    spec: LLMDeploymentSpec
-
-    @model_validator(mode="after")
-    def _name(self) -> LLMDeployment:
-        if len(self.name) > MAX_NAME_LENGTH or not _DNS1035.match(self.name):
-            raise ValueError(
-                f"metadata.name {self.name!r} must be at most {MAX_NAME_LENGTH} characters of"
-                " lower-case letters, digits and '-', start with a letter and end with a letter"
-                " or digit: it names the Service and the StatefulSet"
-            )
-        return self
+class LLMDeployment(_SharedLLMDeployment):
+    """The shared LLMDeployment, parsed with the operator's checks."""
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> LLMDeployment:
-        """Parse a resource body from the API; raise InvalidSpecError with a readable message."""
-        meta = body.get("metadata", {})
-        try:
-            return cls.model_validate(
-                {
-                    "name": meta.get("name"),
-                    "namespace": meta.get("namespace"),
-                    "uid": meta.get("uid", ""),
-                    "generation": meta.get("generation", 0),
-                    "spec": body.get("spec") or {},
-                }
-            )
-        except ValidationError as exc:
-            raise InvalidSpecError(describe(exc)) from None
-
-
-def describe(exc: ValidationError) -> str:
-    """One line per problem, with a kubectl-style field path: `spec.gpu.count: ...`."""
-    lines = []
-    for error in exc.errors(include_url=False):
-        path = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {message}" if path else message)
-    return "; ".join(lines)
+    def from_body(cls, body: Mapping[str, Any]) -> Self:
+        """Parse a resource body; raise InvalidSpecError with every problem, readable."""
+        llm = super().from_body(body)
+        problems = operator_problems(llm.spec)
+        if problems:
+            raise InvalidSpecError("; ".join(problems))
+        return llm

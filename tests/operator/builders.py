@@ -32,6 +32,30 @@ CASES: dict[str, dict[str, Any]] = {
         ],
         "requestLimits": {"maxConcurrentRequests": 32},
     },
+    "vllm-2gpu": {
+        "engine": "vllm",
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "revision": "a09a35458c702b33eeacc393d103063234e8bc28",
+        "servedModelName": "qwen-7b",
+        "gpu": {"count": 2, "type": "nvidia-l4"},
+        "resources": {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "48Gi"}},
+        "hfTokenSecretRef": {"name": "hf-token"},
+        "args": ["--max-model-len", "8192"],
+        "requestLimits": {"maxConcurrentRequests": 64},
+    },
+    # A shared cache for a gated model: the download Job holds the token, the pods never do.
+    "vllm-shared-cache": {
+        "engine": "vllm",
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "replicas": 4,
+        "gpu": {"count": 1, "type": "nvidia-l4"},
+        "hfTokenSecretRef": {"name": "hf-token"},
+        "storage": {
+            "size": "100Gi",
+            "accessMode": "ReadWriteMany",
+            "storageClassName": "standard-rwx",
+        },
+    },
     "cpu-shared-cache": {
         "engine": "ollama",
         "model": "qwen2.5:0.5b",

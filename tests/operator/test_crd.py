@@ -18,7 +18,8 @@ import celpy
 import jsonschema
 import pytest
 import yaml
-from relais_operator import spec as spec_module
+from relais_api import Autoscaling
+from relais_api import llmdeployment as api_module
 from relais_operator.engines import ENGINES
 from relais_operator.spec import InvalidSpecError, LLMDeployment, LLMDeploymentSpec
 
@@ -164,6 +165,11 @@ def test_schema_defaults_match_the_python_model() -> None:
         "accessMode": storage.access_mode,
         "retainOnDelete": storage.retain_on_delete,
     }
+    assert spec["routing"] == parsed.routing.model_dump(by_alias=True)
+    assert "autoscaling" not in spec
+    assert parsed.autoscaling is None
+    scaling = _apply_defaults(SPEC_SCHEMA["properties"]["autoscaling"], {"maxReplicas": 3})
+    assert scaling == Autoscaling(max_replicas=3).model_dump(by_alias=True)
     key = SPEC_SCHEMA["properties"]["hfTokenSecretRef"]["properties"]["key"]["default"]
     tgi = {"engine": "tgi", "model": "a/b", "hfTokenSecretRef": {"name": "s"}}
     ref = LLMDeploymentSpec.model_validate(tgi).hf_token_secret_ref
@@ -194,7 +200,7 @@ def test_example_secret_is_a_placeholder() -> None:
     [
         {"model": "m"},
         {"engine": "ollama"},
-        {"engine": "vllm", "model": "m"},
+        {"engine": "sglang", "model": "m"},
         {"engine": "ollama", "model": ""},
         {"engine": "ollama", "model": "m", "replicas": -1},
         {"engine": "ollama", "model": "m", "gpu": {"count": -1}},
@@ -205,6 +211,18 @@ def test_example_secret_is_a_placeholder() -> None:
         {"engine": "ollama", "model": "m", "requestLimits": {"maxTokens": 0}},
         {"engine": "ollama", "model": "m", "tolerations": [{"operator": "Maybe"}]},
         {"engine": "tgi", "model": "a/b", "hfTokenSecretRef": {"key": "k"}},
+        {"engine": "ollama", "model": "m", "autoscaling": {"minReplicas": 1}},
+        {"engine": "ollama", "model": "m", "autoscaling": {"maxReplicas": 0}},
+        {"engine": "ollama", "model": "m", "autoscaling": {"maxReplicas": 2, "minReplicas": -1}},
+        {"engine": "ollama", "model": "m", "autoscaling": {"maxReplicas": 2, "targetRequests": 0}},
+        {
+            "engine": "ollama",
+            "model": "m",
+            "autoscaling": {"maxReplicas": 2, "scaleDownDelaySeconds": -1},
+        },
+        {"engine": "ollama", "model": "m", "routing": {"strategy": "RoundRobin"}},
+        {"engine": "ollama", "model": "m", "routing": {"prefixCharLength": 0}},
+        {"engine": "ollama", "model": "m", "routing": {"loadFactor": 0.9}},
     ],
 )
 def test_schema_rejects_bad_specs(spec: dict[str, Any]) -> None:
@@ -225,6 +243,18 @@ def test_schema_rejects_bad_specs(spec: dict[str, Any]) -> None:
         ({"engine": "tgi", "model": "org/repo/extra"}, False),
         ({"engine": "ollama", "model": "hf.co/org/repo:Q4_K_M"}, True),
         ({"engine": "ollama", "model": "qwen 2.5"}, False),
+        ({"engine": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct", "revision": "v1"}, True),
+        (
+            {
+                "engine": "vllm",
+                "model": "meta-llama/Llama-3.1-8B",
+                "hfTokenSecretRef": {"name": "s"},
+            },
+            True,
+        ),
+        ({"engine": "vllm", "model": "qwen2.5:7b-instruct"}, False),
+        ({"engine": "vllm", "model": "Qwen2.5-7B-Instruct"}, False),
+        ({"engine": "vllm", "model": "a/b/c", "revision": "main"}, False),
     ],
 )
 def test_spec_rules_cel_and_python_agree(spec: dict[str, Any], ok: bool) -> None:
@@ -251,6 +281,23 @@ def test_env_value_xor_value_from() -> None:
     assert not _cel(rule["rule"], {"name": "A", "value": "1", "valueFrom": {}})
 
 
+@pytest.mark.parametrize(
+    ("autoscaling", "ok"),
+    [
+        ({"maxReplicas": 4}, True),
+        ({"minReplicas": 0, "maxReplicas": 1}, True),
+        ({"minReplicas": 4, "maxReplicas": 4}, True),
+        ({"minReplicas": 5, "maxReplicas": 4}, False),
+        ({"maxReplicas": 0}, False),  # the schema's minimum: defaulted minReplicas 1 > 0
+    ],
+)
+def test_autoscaling_bounds_cel_and_python_agree(autoscaling: dict[str, Any], ok: bool) -> None:
+    [rule] = [rule for path, rule in _rules(SCHEMA) if path == ("spec", "autoscaling")]
+    defaulted = _apply_defaults(SPEC_SCHEMA["properties"]["autoscaling"], autoscaling)
+    assert _cel(rule["rule"], defaulted) is ok
+    assert _python_accepts({"engine": "ollama", "model": "m", "autoscaling": autoscaling}) is ok
+
+
 def test_access_mode_cannot_change() -> None:
     [rule] = [rule for path, rule in _rules(SCHEMA) if path == ("spec", "storage")]
     rwo, rwx = {"accessMode": "ReadWriteOnce"}, {"accessMode": "ReadWriteMany"}
@@ -264,6 +311,7 @@ def test_every_rule_is_tested() -> None:
         (): 1,
         ("spec",): 4,
         ("spec", "storage"): 1,
+        ("spec", "autoscaling"): 1,
         ("spec", "env", "[]"): 1,
     }
     found: dict[tuple[str, ...], int] = {}
@@ -275,4 +323,4 @@ def test_every_rule_is_tested() -> None:
 def test_quantity_pattern_is_mirrored() -> None:
     resources = SPEC_SCHEMA["properties"]["resources"]["properties"]
     for kind in ("requests", "limits"):
-        assert resources[kind]["additionalProperties"]["pattern"] == spec_module._QUANTITY.pattern
+        assert resources[kind]["additionalProperties"]["pattern"] == api_module._QUANTITY.pattern

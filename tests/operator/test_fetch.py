@@ -1,9 +1,9 @@
 """The fetch steps really run: a present cache is found and nothing is downloaded.
 
 The Ollama step is the shell script the init container runs, with `ollama` replaced by a
-recording stand-in and the cache path pointed at a temp dir. The TGI step is the Python the
-init container runs, against a Hugging Face cache laid out as the Hub client leaves it, with
-the network disabled (HF_HUB_OFFLINE): finding the snapshot must not need it.
+recording stand-in and the cache path pointed at a temp dir. The Hugging Face step (one script
+for TGI and vLLM) is the Python the init container runs, against a cache laid out as the Hub
+client leaves it, with the network disabled (HF_HUB_OFFLINE): finding it must not need it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from relais_operator.engines import OLLAMA, TGI, ollama_manifest_path
+from relais_operator.engines import OLLAMA, TGI, VLLM, Engine, ollama_manifest_path
 from relais_operator.spec import LLMDeploymentSpec
 
 FAKE_OLLAMA = """#!/bin/sh
@@ -64,11 +64,14 @@ def _hf_cache(home: pathlib.Path, repo: str, revision: str) -> None:
     (snapshot / "config.json").write_text("{}")
 
 
-def _tgi_fetch(home: pathlib.Path, repo: str) -> subprocess.CompletedProcess[str]:
-    command = TGI.fetch_command(LLMDeploymentSpec(engine="tgi", model=repo))
+def _hf_fetch(engine: Engine, home: pathlib.Path, repo: str) -> subprocess.CompletedProcess[str]:
+    command = engine.fetch_command(LLMDeploymentSpec(engine=engine.name, model=repo))  # type: ignore[arg-type]
+    cache_env = {
+        key: value.replace(engine.cache_path, str(home)) for key, value in engine.cache_env.items()
+    }
     env = {
         **os.environ,
-        **{key: value.replace(TGI.cache_path, str(home)) for key, value in TGI.cache_env.items()},
+        **cache_env,
         "HOME": str(home),
         "RELAIS_MODEL": repo,
         "HF_HUB_OFFLINE": "1",  # any network access fails the step
@@ -78,14 +81,26 @@ def _tgi_fetch(home: pathlib.Path, repo: str) -> subprocess.CompletedProcess[str
     )
 
 
-def test_tgi_fetch_finds_the_cache_offline(tmp_path: pathlib.Path) -> None:
+HF = pytest.mark.parametrize("engine", [TGI, VLLM], ids=lambda engine: engine.name)
+
+
+@HF
+def test_hf_fetch_finds_the_cache_offline(engine: Engine, tmp_path: pathlib.Path) -> None:
     _hf_cache(tmp_path, "google/gemma-2-2b-it", "main")
-    result = _tgi_fetch(tmp_path, "google/gemma-2-2b-it")
+    result = _hf_fetch(engine, tmp_path, "google/gemma-2-2b-it")
     assert result.returncode == 0, result.stderr
     assert "already cached" in result.stdout
 
 
-def test_tgi_fetch_downloads_when_absent(tmp_path: pathlib.Path) -> None:
-    result = _tgi_fetch(tmp_path, "google/gemma-2-2b-it")
+@HF
+def test_hf_fetch_downloads_when_absent(engine: Engine, tmp_path: pathlib.Path) -> None:
+    result = _hf_fetch(engine, tmp_path, "google/gemma-2-2b-it")
     assert result.returncode != 0  # it went for the network (offline here): no cache, no skip
     assert "already cached" not in result.stdout
+
+
+def test_each_hf_engine_runs_the_step_with_its_own_python() -> None:
+    spec = LLMDeploymentSpec(engine="vllm", model="a/b")
+    assert VLLM.fetch_command(spec)[0] == "python3"  # the vLLM image has no `python`
+    assert TGI.fetch_command(spec)[0] == "python"
+    assert VLLM.fetch_command(spec)[1:] == TGI.fetch_command(spec)[1:]  # one script

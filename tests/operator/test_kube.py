@@ -28,6 +28,10 @@ def _server_view(manifest: dict[str, Any]) -> dict[str, Any]:
         }
         pod["dnsPolicy"] = "ClusterFirst"
         current["spec"]["revisionHistoryLimit"] = 10
+    if current["kind"] == "Job":  # the Job controller's selector and pod labels
+        current["spec"]["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": "x"}}
+        current["spec"]["template"]["metadata"]["labels"]["job-name"] = manifest["metadata"]["name"]
+        current["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
     current["status"] = {"replicas": 1}
     return current
 
@@ -102,6 +106,46 @@ def test_object_paths() -> None:
     paths = [kube.object_path(child) for child in resources.build_children(llm, SETTINGS)]
     assert paths == [
         "/api/v1/namespaces/models/persistentvolumeclaims/q-models",
+        f"/apis/batch/v1/namespaces/models/jobs/{resources.fetch_job_name(llm)}",
         "/api/v1/namespaces/models/services/q",
         "/apis/apps/v1/namespaces/models/statefulsets/q",
     ]
+
+
+def _job(spec: dict[str, Any]) -> dict[str, Any]:
+    job = resources.build_fetch_job(make("q", spec), SETTINGS)
+    assert job is not None
+    return job
+
+
+def test_a_job_is_never_patched_and_replaced_only_until_it_succeeds() -> None:
+    shared = CASES["vllm-shared-cache"]
+    old = _job(shared)
+    fixed = _job({**shared, "hfTokenSecretRef": {"name": "other-token"}})
+    assert fixed["metadata"]["name"] == old["metadata"]["name"]  # same model and revision
+    current = _server_view(old)
+    ops = kube.patch_ops(kube.with_hash(fixed), current)
+    assert all(not op["path"].startswith("/spec") for op in ops)  # the pod template: never
+    current["status"] = {"failed": 4, "conditions": [{"type": "Failed", "status": "True"}]}
+    assert kube.needs_recreate(kube.with_hash(fixed), current)  # a failed Job, fixed: again
+    current["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    assert not kube.needs_recreate(kube.with_hash(fixed), current)  # the cache is filled
+
+
+def test_a_new_model_or_revision_is_a_new_job() -> None:
+    shared = CASES["vllm-shared-cache"]
+    names = {
+        _job(shared)["metadata"]["name"],
+        _job({**shared, "revision": "v2"})["metadata"]["name"],
+        _job({**shared, "model": "meta-llama/Llama-3.2-1B"})["metadata"]["name"],
+    }
+    assert len(names) == 3
+    assert all(name.startswith("q-fetch-") for name in names)
+
+
+def test_job_names_fit_a_label_and_stay_apart() -> None:
+    spec = CASES["cpu-shared-cache"]
+    first, second = "a" * 51 + "b", "a" * 51 + "c"
+    jobs = [resources.fetch_job_name(make(name, spec)) for name in (first, second)]
+    assert all(len(job) <= 63 for job in jobs)
+    assert jobs[0] != jobs[1]

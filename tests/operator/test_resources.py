@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from relais_operator import resources
 from relais_operator.engines import ENGINES, ollama_manifest_path
 from relais_operator.settings import OperatorSettings
-from relais_operator.spec import LLMDeployment
+from relais_operator.spec import InvalidSpecError, LLMDeployment
 
 from tests.operator.builders import CASES, make
 
@@ -101,6 +101,54 @@ def test_tgi_shards_shm_and_token() -> None:
     assert server_env["HF_HUB_OFFLINE"] == "1"  # a restarted pod downloads nothing
 
 
+def test_vllm_flags_from_the_spec() -> None:
+    workload = resources.build_workload(make("qwen", CASES["vllm-2gpu"]), SETTINGS)
+    pod = workload["spec"]["template"]["spec"]
+    [server] = pod["containers"]
+    args = server["args"]
+    assert server["command"] == ["vllm", "serve"]
+    assert args[0] == "Qwen/Qwen2.5-7B-Instruct"
+    flags = {flag: args[args.index(flag) + 1] for flag in args if flag.startswith("--")}
+    assert flags["--served-model-name"] == "qwen-7b"
+    assert flags["--tensor-parallel-size"] == "2"
+    assert flags["--max-num-seqs"] == "64"
+    assert flags["--max-model-len"] == "8192"  # only because the user set it in args
+    assert flags["--port"] == "8000"
+    assert server["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert server["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert server["startupProbe"]["failureThreshold"] * 10 >= 3600  # an hour to load
+    assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert "HF_TOKEN" not in env
+
+
+def test_vllm_sets_optional_flags_only_when_asked() -> None:
+    spec = {"engine": "vllm", "model": "Qwen/Qwen2.5-0.5B", "gpu": {"count": 1}}
+    args = resources.build_workload(make("q", spec), SETTINGS)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    assert "--served-model-name" in args
+    assert args[args.index("--served-model-name") + 1] == "Qwen/Qwen2.5-0.5B"
+    for flag in ("--tensor-parallel-size", "--max-num-seqs", "--max-model-len"):
+        assert flag not in args
+
+
+@pytest.mark.parametrize(
+    "arg", ["--served-model-name=x", "--tensor-parallel-size", "--max-num-seqs", "--port"]
+)
+def test_vllm_rejects_flags_it_sets(arg: str) -> None:
+    spec = {"engine": "vllm", "model": "Qwen/Qwen2.5-0.5B", "args": [arg, "2"]}
+    with pytest.raises(InvalidSpecError, match="is set by the operator"):
+        make("q", spec)
+
+
+def test_builders_never_branch_on_engine_names() -> None:
+    source = pathlib.Path(resources.__file__).read_text()
+    for name in ENGINES:
+        assert f'"{name}"' not in source, name
+
+
 def test_rwo_cache_is_per_replica_and_retained() -> None:
     llm = make("qwen", {**CASES["ollama-l4"], "replicas": 3})
     workload = resources.build_workload(llm, SETTINGS)
@@ -123,7 +171,8 @@ def test_rwx_cache_is_shared_and_unowned_when_retained() -> None:
     assert cache["metadata"]["name"] == "tiny-models"
     assert "ownerReferences" not in cache["metadata"]  # retainOnDelete (default): outlives us
     volumes = resources.build_workload(llm, SETTINGS)["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "models", "persistentVolumeClaim": {"claimName": "tiny-models"}} in volumes
+    claim = {"claimName": "tiny-models", "readOnly": True}
+    assert {"name": "models", "persistentVolumeClaim": claim} in volumes
     owned = resources.build_cache(make("tiny", CASES["cpu-shared-cache"]), SETTINGS)
     assert owned is not None
     assert owned["metadata"]["ownerReferences"][0]["uid"]
@@ -156,6 +205,10 @@ def test_image_override_order() -> None:
     llm = make("q", CASES["ollama-l4"])
     image = resources.build_workload(llm, OperatorSettings(ollama_image="mirror/ollama:1"))
     assert image["spec"]["template"]["spec"]["containers"][0]["image"] == "mirror/ollama:1"
+    vllm = make("v", CASES["vllm-2gpu"])
+    mirror = OperatorSettings(vllm_image="mirror/vllm:1")
+    pod = resources.build_workload(vllm, mirror)["spec"]["template"]["spec"]
+    assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {"mirror/vllm:1"}
     own = make("q", {**CASES["ollama-l4"], "image": "mine/ollama:2"})
     pod = resources.build_workload(own, SETTINGS)["spec"]["template"]["spec"]
     assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {"mine/ollama:2"}
@@ -174,7 +227,7 @@ _tolerations = st.lists(
     ),
     max_size=3,
 )
-_MODELS = {"ollama": "qwen2.5:0.5b", "tgi": "google/gemma-2-2b-it"}
+_MODELS = {"ollama": "qwen2.5:0.5b", "tgi": "google/gemma-2-2b-it", "vllm": "Qwen/Qwen2.5-0.5B"}
 _specs = st.fixed_dictionaries(
     {
         "engine": st.sampled_from(sorted(ENGINES)),

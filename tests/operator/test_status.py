@@ -141,3 +141,113 @@ def test_invalid_status() -> None:
         "observedGeneration": 4,
         "lastTransitionTime": T0,
     }
+
+
+def _shared(fetch: status.JobState | None, workload: WorkloadState | None) -> dict[str, Any]:
+    llm = make("tiny", CASES["cpu-shared-cache"], generation=2)
+    return status.compute(llm, SETTINGS, workload, [], {}, T0, fetch=fetch)
+
+
+def _cache(result: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in result["conditions"] if c["type"] == "ModelCacheReady")
+
+
+def test_shared_cache_follows_the_download_job() -> None:
+    running = _shared(status.JobState(name="tiny-fetch-1"), WorkloadState())
+    assert (running["phase"], _ready(running)["reason"]) == ("Loading", "FetchingModel")
+    assert (_cache(running)["status"], _cache(running)["reason"]) == ("False", "Downloading")
+    assert "tiny-fetch-1" in _cache(running)["message"]
+    assert _cache(_shared(None, None))["reason"] == "Downloading"
+
+    failed = _shared(
+        status.JobState(name="tiny-fetch-1", phase="failed", message="401 Unauthorized"),
+        WorkloadState(),
+    )
+    assert (failed["phase"], _ready(failed)["reason"]) == ("Failed", "ModelFetchFailed")
+    assert (_cache(failed)["status"], _cache(failed)["reason"]) == ("False", "FetchFailed")
+    assert "401 Unauthorized" in _cache(failed)["message"]
+
+    done = status.JobState(name="tiny-fetch-1", phase="succeeded")
+    starting = _shared(done, WorkloadState(replicas=3))
+    assert (_cache(starting)["status"], _cache(starting)["reason"]) == ("True", "Cached")
+    assert (starting["phase"], _ready(starting)["reason"]) == ("Pending", "ReplicasNotReady")
+    ready = _shared(done, WorkloadState(replicas=3, ready_replicas=3))
+    assert ready["phase"] == "Ready"
+
+
+def test_job_state_summary() -> None:
+    job: dict[str, Any] = {"metadata": {"name": "j"}, "status": {"active": 1}}
+    assert status.job_state(job) == status.JobState(name="j", phase="running")
+    job["status"] = {"succeeded": 1}
+    assert status.job_state(job).succeeded
+    job["status"] = {
+        "failed": 4,
+        "conditions": [
+            {"type": "FailureTarget", "status": "True", "message": "early"},
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+            },
+        ],
+    }
+    assert status.job_state(job) == status.JobState(
+        name="j", phase="failed", message="Job has reached the specified backoff limit"
+    )
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    assert status.job_state(job).phase == "succeeded"
+
+
+def test_shared_statuses_fit_the_crd_status_schema() -> None:
+    schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validator = jsonschema.Draft7Validator(schema["properties"]["status"])
+    for fetch in (
+        None,
+        status.JobState(name="j"),
+        status.JobState(name="j", phase="failed", message="x"),
+        status.JobState(name="j", phase="succeeded"),
+    ):
+        assert list(validator.iter_errors(_shared(fetch, WorkloadState()))) == []
+
+
+def _fetch_pod(state: dict[str, Any], name: str = "tiny-fetch-1-abcde") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"relais.dev/fetch-for": "tiny", "job-name": "tiny-fetch-1"},
+            "ownerReferences": [{"kind": "Job", "name": "tiny-fetch-1"}],
+        },
+        "status": {"containerStatuses": [{"name": "fetch-model", "state": state}]},
+    }
+
+
+def test_fetch_pod_problems_reach_the_job_state() -> None:
+    missing = 'secret "hf-token" not found'
+    stuck = status.fetch_pod_state(
+        _fetch_pod({"waiting": {"reason": "CreateContainerConfigError", "message": missing}})
+    )
+    assert stuck == status.FetchPodState(
+        name="tiny-fetch-1-abcde",
+        job="tiny-fetch-1",
+        problem=f"CreateContainerConfigError: {missing}",
+    )
+    crashed = status.fetch_pod_state(
+        _fetch_pod({"terminated": {"exitCode": 1, "message": "401 Client Error\n"}}, "p2")
+    )
+    assert crashed.problem == "exit code 1: 401 Client Error"
+    fine = status.fetch_pod_state(_fetch_pod({"running": {}}, "p3"))
+    assert fine.problem == ""
+
+    job = status.JobState(name="tiny-fetch-1")
+    told = status.with_pod_problems(job, [fine, stuck])
+    assert told is not None
+    assert told.problem == f"tiny-fetch-1-abcde: CreateContainerConfigError: {missing}"
+    result = _shared(told, WorkloadState())
+    assert missing in _cache(result)["message"]
+    assert missing in _ready(result)["message"]
+    other = status.FetchPodState(name="x", job="another-job", problem="old trouble")
+    assert status.with_pod_problems(job, [other]) == job  # a superseded Job's pods say nothing
+    done = status.JobState(name="tiny-fetch-1", phase="succeeded")
+    assert status.with_pod_problems(done, [stuck]) == done
+    assert status.with_pod_problems(None, [stuck]) is None

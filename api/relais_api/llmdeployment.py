@@ -1,0 +1,253 @@
+"""The LLMDeployment custom resource as typed data: what the CRD accepts, parsed once.
+
+The CRD schema (manifests/crd.yaml) rejects most bad input at `kubectl apply`; these models
+mirror its defaults, bounds and CEL rules (for clusters without CEL, and so tests can run both
+on the same inputs), and add the one check a schema cannot express: child names must be
+DNS-1035 labels. The operator adds its own checks on top (flags and variables it manages, in
+`relais_operator.spec`); the gateway and the autoscaler read these models as they are.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "relais.dev"
+VERSION = "v1alpha1"
+PLURAL = "llmdeployments"
+KIND = "LLMDeployment"
+
+# Engines that serve a Hugging Face repository (a repo id, a revision, an optional token).
+HF_ENGINES = frozenset({"tgi", "vllm"})
+# Engines started with --served-model-name: they know the model by spec.servedModelName.
+_SERVED_NAME_ENGINES = frozenset({"vllm"})
+
+# Children are named `<name>` (Service: a DNS-1035 label) and pods `<name>-<ordinal>`; the
+# StatefulSet controller puts `<name>-<hash>` into a 63-character label, so 52 is the limit.
+MAX_NAME_LENGTH = 52
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_HF_REPO = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*/[-A-Za-z0-9_.]+$")
+# The Kubernetes quantity syntax (as in the CRD schema; from apimachinery resource.Quantity).
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+class InvalidSpecError(ValueError):
+    """A resource that cannot be acted on; the message is shown to the user as is."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+
+class GPU(_Model):
+    count: int = Field(default=1, ge=0)
+    type: str | None = None
+
+
+class Resources(_Model):
+    requests: dict[str, str | int] = Field(default_factory=dict)
+    limits: dict[str, str | int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _quantities(self) -> Resources:
+        for kind, values in (("requests", self.requests), ("limits", self.limits)):
+            for key, value in values.items():
+                if not _QUANTITY.match(str(value)):
+                    raise ValueError(f"{kind}.{key}: {value!r} is not a Kubernetes quantity")
+        return self
+
+
+class Storage(_Model):
+    size: str = "50Gi"
+    storage_class_name: str | None = None
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteOnce"
+    retain_on_delete: bool = True
+
+    @model_validator(mode="after")
+    def _size(self) -> Storage:
+        if not _QUANTITY.match(self.size):
+            raise ValueError(f"size: {self.size!r} is not a Kubernetes quantity")
+        return self
+
+    @property
+    def shared(self) -> bool:
+        """One claim for every replica (ReadWriteMany), filled once by a download Job."""
+        return self.access_mode == "ReadWriteMany"
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1)
+    key: str = Field(default="token", min_length=1)
+
+
+class EnvVar(_Model):
+    name: str = Field(min_length=1)
+    value: str | None = None
+    value_from: dict[str, Any] | None = None
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class RequestLimits(_Model):
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_concurrent_requests: int | None = Field(default=None, ge=1)
+
+
+class Autoscaling(_Model):
+    """`spec.autoscaling`: replicas follow demand (in-flight + waiting requests per replica)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(ge=1)
+    target_requests: int = Field(default=8, ge=1)
+    scale_down_delay_seconds: int = Field(default=300, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        # Mirrors the CRD's CEL rule on spec.autoscaling.
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be <= maxReplicas")
+        return self
+
+
+class Routing(_Model):
+    """`spec.routing`: how the gateway picks a replica for a request."""
+
+    strategy: Literal["PrefixHash", "LeastLoad"] = "PrefixHash"
+    prefix_char_length: int = Field(default=100, ge=1)
+    load_factor: float = Field(default=1.25, ge=1.0)
+
+
+class AutoscalingStatus(_Model):
+    """`status.autoscaling`, written by the autoscaler (the operator leaves it alone)."""
+
+    demand: float = Field(default=0.0, ge=0)
+    desired_replicas: int = Field(default=0, ge=0)
+    last_scale_time: datetime.datetime | None = None
+
+
+def _engines_text(engines: frozenset[str]) -> str:
+    return " or ".join(sorted(engines))
+
+
+class LLMDeploymentSpec(_Model):
+    """`spec` of an LLMDeployment; field names are the CRD's, in snake_case."""
+
+    engine: Literal["ollama", "tgi", "vllm"]
+    model: str = Field(min_length=1)
+    revision: str | None = None
+    served_model_name: str | None = None
+    replicas: int = Field(default=1, ge=0)
+    gpu: GPU = Field(default_factory=GPU)
+    resources: Resources = Field(default_factory=Resources)
+    storage: Storage = Field(default_factory=Storage)
+    hf_token_secret_ref: SecretKeyRef | None = None
+    image: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    request_limits: RequestLimits = Field(default_factory=RequestLimits)
+    autoscaling: Autoscaling | None = None
+    routing: Routing = Field(default_factory=Routing)
+
+    @property
+    def effective_served_model_name(self) -> str:
+        """The name clients send as `model`: servedModelName, else spec.model."""
+        return self.served_model_name or self.model
+
+    @property
+    def engine_model_name(self) -> str:
+        """The name the engine itself knows the model by, to put in requests sent to it.
+
+        Ollama pulls and serves the tag `spec.model`; TGI serves `spec.model`; vLLM is started
+        with `--served-model-name`, so it answers to the served model name.
+        """
+        if self.engine in _SERVED_NAME_ENGINES:
+            return self.effective_served_model_name
+        return self.model
+
+    @model_validator(mode="after")
+    def _engine_rules(self) -> LLMDeploymentSpec:
+        # Mirrors the CRD's CEL rules on spec.
+        hf = _engines_text(HF_ENGINES)
+        if self.engine not in HF_ENGINES and self.revision is not None:
+            raise ValueError(f"revision is only valid with engine {hf}")
+        if self.engine not in HF_ENGINES and self.hf_token_secret_ref is not None:
+            raise ValueError(f"hfTokenSecretRef is only valid with engine {hf}")
+        if self.engine in HF_ENGINES and not _HF_REPO.match(self.model):
+            raise ValueError(
+                f"with engine {hf}, model must be a Hugging Face repo id such as"
+                " google/gemma-2-2b-it"
+            )
+        if self.engine == "ollama" and " " in self.model:
+            raise ValueError(
+                "with engine ollama, model must be an Ollama tag such as qwen2.5:7b-instruct"
+            )
+        return self
+
+
+class LLMDeployment(_Model):
+    """A whole LLMDeployment: identity, generation and the parsed spec."""
+
+    name: str
+    namespace: str
+    uid: str = ""
+    generation: int = 0
+    spec: LLMDeploymentSpec
+
+    @model_validator(mode="after")
+    def _name(self) -> LLMDeployment:
+        if len(self.name) > MAX_NAME_LENGTH or not _DNS1035.match(self.name):
+            raise ValueError(
+                f"metadata.name {self.name!r} must be at most {MAX_NAME_LENGTH} characters of"
+                " lower-case letters, digits and '-', start with a letter and end with a letter"
+                " or digit: it names the Service and the StatefulSet"
+            )
+        return self
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Self:
+        """Parse a resource body from the API; raise InvalidSpecError with a readable message."""
+        meta = body.get("metadata", {})
+        try:
+            return cls.model_validate(
+                {
+                    "name": meta.get("name"),
+                    "namespace": meta.get("namespace"),
+                    "uid": meta.get("uid", ""),
+                    "generation": meta.get("generation", 0),
+                    "spec": body.get("spec") or {},
+                }
+            )
+        except ValidationError as exc:
+            raise InvalidSpecError(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem, with a kubectl-style field path: `spec.gpu.count: ...`."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}" if path else message)
+    return "; ".join(lines)
