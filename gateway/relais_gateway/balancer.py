@@ -17,25 +17,13 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
-from typing import Literal
+
+from relais_api import Routing
 
 VIRTUAL_NODES = 128
 """Points per replica on the ring: enough that shares stay within a few % of even."""
 
-Strategy = Literal["PrefixHash", "LeastLoad"]
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingPolicy:
-    """How one backend's requests pick a replica (from the LLMDeployment's `routing`)."""
-
-    strategy: Strategy = "PrefixHash"
-    prefix_char_length: int = 100
-    load_factor: float = 1.25
-
-
-LEAST_LOAD = RoutingPolicy(strategy="LeastLoad")
+LEAST_LOAD = Routing(strategy="LeastLoad")
 
 
 def stable_hash(text: str) -> int:
@@ -89,7 +77,7 @@ class Balancer:
         exclude: Collection[str] = (),
         *,
         prefix: str = "",
-        policy: RoutingPolicy = LEAST_LOAD,
+        policy: Routing = LEAST_LOAD,
     ) -> str | None:
         """The replica to use next, or None when `replicas` (minus `exclude`) is empty.
 
@@ -118,7 +106,7 @@ class Balancer:
         return min(rotated, key=lambda r: self.inflight_by_replica.get(r, 0))
 
     def _by_prefix(
-        self, replicas: Sequence[str], candidates: list[str], prefix: str, policy: RoutingPolicy
+        self, replicas: Sequence[str], candidates: list[str], prefix: str, policy: Routing
     ) -> str:
         """Walk the ring from the prefix's point; take the first replica under its load bound.
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
+import relais_api
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-
-from relais_gateway.balancer import RoutingPolicy
 
 
 class _Strict(BaseModel):
@@ -25,15 +24,10 @@ class RequestLimits(_Strict):
     maxConcurrentRequests: int | None = Field(default=None, gt=0)
 
 
-class Routing(_Strict):
-    """How requests pick a replica: the LLMDeployment's `routing` block."""
+class Routing(relais_api.Routing):
+    """The LLMDeployment's `routing` block, as in the CRD; unknown keys are a typo here."""
 
-    strategy: Literal["PrefixHash", "LeastLoad"] = "PrefixHash"
-    prefixCharLength: int = Field(default=100, ge=1)
-    loadFactor: float = Field(default=1.25, ge=1.0)
-
-    def policy(self) -> RoutingPolicy:
-        return RoutingPolicy(self.strategy, self.prefixCharLength, self.loadFactor)
+    model_config = ConfigDict(**{**relais_api.Routing.model_config, "extra": "forbid"})
 
 
 class StaticDeployment(_Strict):

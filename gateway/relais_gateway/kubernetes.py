@@ -26,9 +26,9 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pydantic import ValidationError
+from relais_api import LLMDeploymentSpec, describe
 
-from relais_gateway.balancer import RoutingPolicy
-from relais_gateway.engines import ENGINES
 from relais_gateway.registry import Backend, MemorySource
 
 log = logging.getLogger("relais_gateway.kubernetes")
@@ -104,37 +104,27 @@ def _identity(obj: Obj) -> tuple[str, str]:
 
 
 def _backend(llmd: Obj, by_service: Mapping[tuple[str, str], list[Obj]]) -> Backend | None:
+    """The backend of one LLMDeployment, read through the shared typed model of its spec."""
     namespace, name = _identity(llmd)
-    spec = llmd.get("spec") or {}
-    engine = spec.get("engine")
-    model = served_model_name(llmd)
-    if engine not in ENGINES or not model:
-        log.warning(
-            "ignoring LLMDeployment %s/%s: engine %r, model %r", namespace, name, engine, model
-        )
+    try:
+        spec = LLMDeploymentSpec.model_validate(llmd.get("spec") or {})
+    except ValidationError as exc:
+        log.warning("ignoring LLMDeployment %s/%s: %s", namespace, name, describe(exc))
         return None
-    limits = spec.get("requestLimits") or {}
-    routing = spec.get("routing") or {}
+    scaling = spec.autoscaling
     return Backend(
         name=name,
         namespace=namespace,
-        engine=str(engine),
-        model=model,
-        # Ollama knows the tag it pulled; vLLM is started with --served-model-name.
-        engine_model=model if engine == "vllm" else str(spec.get("model") or model),
-        routing=RoutingPolicy(
-            strategy="LeastLoad" if routing.get("strategy") == "LeastLoad" else "PrefixHash",
-            prefix_char_length=int(routing.get("prefixCharLength") or 100),
-            load_factor=float(routing.get("loadFactor") or 1.25),
-        ),
+        engine=spec.engine,
+        model=served_model_name(llmd),
+        engine_model=spec.engine_model_name,
         replicas=ready_urls(by_service.get((namespace, name), ())),
-        max_tokens=_positive(limits.get("maxTokens")),
-        max_concurrent=_positive(limits.get("maxConcurrentRequests")),
+        max_tokens=spec.request_limits.max_tokens,
+        max_concurrent=spec.request_limits.max_concurrent_requests,
+        routing=spec.routing,
+        autoscaled=scaling is not None and scaling.max_replicas >= 1,
+        desired_replicas=spec.replicas,
     )
-
-
-def _positive(value: Any) -> int | None:
-    return value if isinstance(value, int) and value > 0 else None
 
 
 # ---------------------------------------------------------------- access to the API server

@@ -10,7 +10,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from relais_gateway.balancer import LEAST_LOAD, RoutingPolicy
+from relais_api import Routing
+
+from relais_gateway.balancer import LEAST_LOAD
 from relais_gateway.config import StaticDeployment
 from relais_gateway.engines import ENGINES, Engine
 
@@ -29,7 +31,11 @@ class Backend:
     max_tokens: int | None = None
     max_concurrent: int | None = None
     namespace: str | None = None
-    routing: RoutingPolicy = LEAST_LOAD
+    routing: Routing = LEAST_LOAD
+    autoscaled: bool = False
+    """The LLMDeployment has `autoscaling`: with no ready replica, requests wait for one."""
+    desired_replicas: int | None = None
+    """`spec.replicas` (Kubernetes source): 0 means a request must ask for a replica."""
 
     @property
     def upstream_model(self) -> str:
@@ -116,7 +122,7 @@ def backend_from_static(deployment: StaticDeployment) -> Backend:
         replicas=tuple(deployment.endpoints),
         max_tokens=deployment.requestLimits.maxTokens,
         max_concurrent=deployment.requestLimits.maxConcurrentRequests,
-        routing=deployment.routing.policy(),
+        routing=deployment.routing,
     )
 
 
