@@ -39,6 +39,7 @@ LLMD = ("/apis/relais.dev/v1alpha1", "llmdeployments", "")
 SLICES = ("/apis/discovery.k8s.io/v1", "endpointslices", SERVICE_NAME_LABEL)
 
 Obj = dict[str, Any]
+SCALE_REQUEST_EVERY_S = 5.0
 
 
 # ---------------------------------------------------------------- pure: objects -> backends
@@ -223,7 +224,7 @@ class KubernetesSource(MemorySource):
         self._scopes = [_Scope(kind, ns) for kind in (LLMD, SLICES) for ns in scopes]
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        self._changed = asyncio.Event()
+        self._scale_requested: dict[tuple[str, str], float] = {}
 
     @property
     def ready(self) -> bool:
@@ -243,6 +244,36 @@ class KubernetesSource(MemorySource):
                 while not self.ready:
                     await self._wait_change()
 
+    async def request_replica(self, backend: Backend) -> bool:
+        """Raise `spec.replicas` from 0 to 1 through the scale subresource, as `kubectl scale`.
+
+        Asked at most once per model every `SCALE_REQUEST_EVERY_S`; from then on the
+        autoscaler, which sees the waiting requests in the gateways' metrics, owns the count.
+        """
+        key = (backend.namespace or "", backend.name)
+        now = asyncio.get_running_loop().time()
+        if backend.desired_replicas != 0 or now - self._scale_requested.get(key, -1e9) < (
+            SCALE_REQUEST_EVERY_S
+        ):
+            return backend.desired_replicas != 0
+        self._scale_requested[key] = now
+        assert self._session is not None
+        assert self._access is not None
+        path = f"{LLMD[0]}/namespaces/{key[0]}/{LLMD[1]}/{key[1]}/scale"
+        headers = {**self._access.headers(), "Content-Type": "application/merge-patch+json"}
+        async with self._session.patch(
+            self._access.base_url + path,
+            data=orjson.dumps({"spec": {"replicas": 1}}),
+            headers=headers,
+            ssl=self._access.ssl_context if self._access.ssl_context is not None else True,
+        ) as response:
+            if response.status >= 300:
+                text = (await response.text())[:200]
+                log.warning("could not scale %s/%s up: %s %s", *key, response.status, text)
+                return False
+        log.info("asked for a first replica of %s/%s", *key, extra={"model": backend.model})
+        return True
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -251,14 +282,12 @@ class KubernetesSource(MemorySource):
             await self._session.close()
 
     async def _wait_change(self) -> None:
-        self._changed.clear()
-        await self._changed.wait()
+        await self._changed.wait()  # set by every `replace`
 
     def _rebuild(self) -> None:
         llmds = [o for s in self._scopes if s.kind is LLMD for o in s.objects.values()]
         slices = [o for s in self._scopes if s.kind is SLICES for o in s.objects.values()]
         self.replace(build_backends(llmds, slices))
-        self._changed.set()
 
     async def _run(self, scope: _Scope) -> None:
         backoff = 1.0

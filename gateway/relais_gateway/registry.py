@@ -6,6 +6,7 @@ The app only calls `resolve`, `backends` and `ready`; the Kubernetes watch sourc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,6 +65,17 @@ class BackendSource(Protocol):
         """Every known backend, sorted by served model name."""
         ...
 
+    async def wait_ready(self, model: str) -> Backend | None:
+        """Wait until `model` has a ready replica; its backend then (None if it went away).
+
+        Callers bound the wait; cancelling it is how a request stops waiting.
+        """
+        ...
+
+    async def request_replica(self, backend: Backend) -> bool:
+        """Ask for a first replica of a model scaled to zero; False when this source cannot."""
+        ...
+
     async def start(self) -> None:
         """Begin tracking (a watch, a file read); called once from the app's lifespan."""
         ...
@@ -85,6 +97,7 @@ class MemorySource:
     def __init__(self, backends: Iterable[Backend] = ()) -> None:
         self._by_model: dict[str, Backend] = {}
         self._ready = False
+        self._changed = asyncio.Event()
         self.replace(backends)
 
     @property
@@ -98,6 +111,19 @@ class MemorySource:
             check_engine(backend.engine)
             by_model[backend.model] = backend
         self._by_model = by_model
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()  # wakes the requests waiting for a replica
+
+    async def wait_ready(self, model: str) -> Backend | None:
+        while True:
+            backend = self._by_model.get(model)
+            if backend is None or backend.replicas:
+                return backend
+            await self._changed.wait()
+
+    async def request_replica(self, backend: Backend) -> bool:
+        del backend  # nothing to scale: the static file's endpoints are what there is
+        return False
 
     def resolve(self, model: str) -> Backend | None:
         return self._by_model.get(model)

@@ -9,6 +9,7 @@ the engine's bytes; a client that disconnects cancels its request wherever it is
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from relais_gateway.errors import (
     InvalidModelOutput,
     InvalidRequest,
     ModelNotFound,
+    NoReadyReplica,
     NotSupported,
 )
 from relais_gateway.metrics import Metrics
@@ -33,6 +35,7 @@ from relais_gateway.settings import Settings
 from relais_gateway.upstream import Reply, Upstream
 
 T = TypeVar("T")
+log = logging.getLogger("relais_gateway.service")
 Json = dict[str, Any]
 
 
@@ -57,6 +60,7 @@ class Gateway:
         self.upstream = upstream
         self.admission = admission
         self.draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def visible_backends(self, caller: Caller) -> list[Backend]:
         """The backends `caller` may use (for /v1/models and /api/tags)."""
@@ -104,6 +108,7 @@ class Gateway:
     async def _whole(
         self, backend: Backend, path: str, payload: bytes, rid: str, started: float, prefix: str
     ) -> Reply:
+        backend = await self._ready(backend)
         await self._enter(backend)
         try:
             reply = await self.upstream.whole(backend, path, payload, rid, prefix)
@@ -140,12 +145,71 @@ class Gateway:
     async def _stream(
         self, backend: Backend, path: str, payload: bytes, rid: str, prefix: str
     ) -> AsyncGenerator[bytes, None]:
+        backend = await self._ready(backend)
         await self._enter(backend)
         try:
             async for chunk in self.upstream.stream(backend, path, payload, rid, prefix):
                 yield chunk
         finally:
             self._leave(backend)
+
+    async def _ready(self, backend: Backend) -> Backend:
+        """`backend` with a ready replica: at once, or after a cold start (autoscaled models)."""
+        if backend.replicas:
+            return backend
+        if not backend.autoscaled:
+            raise NoReadyReplica(
+                f"model {backend.model!r} has no ready replica",
+                retry_after_s=self.settings.retry_after_s,
+            )
+        return await self._cold_start(backend)
+
+    async def _cold_start(self, backend: Backend) -> Backend:
+        """Wait for the first ready replica, asking for one when the model is scaled to zero.
+
+        The wait counts as a waiting request (the autoscaler's demand signal) and is bounded by
+        the waiting limit and the cold-start timeout: past either, 503 with Retry-After.
+        """
+        model, settings = backend.model, self.settings
+        if not self.admission.try_wait(model):
+            raise NoReadyReplica(
+                f"model {model!r} is starting and {settings.max_waiting_requests} requests"
+                " already wait for it",
+                retry_after_s=settings.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            if backend.desired_replicas == 0:
+                self._ask_for_replica(backend)
+            async with asyncio.timeout(settings.cold_start_timeout_s):
+                ready = await self.source.wait_ready(model)
+        except TimeoutError:
+            raise NoReadyReplica(
+                f"no replica of model {model!r} became ready within"
+                f" {settings.cold_start_timeout_s:g} s",
+                retry_after_s=settings.retry_after_s,
+            ) from None
+        finally:
+            self.admission.done_waiting(model)
+            self.metrics.observe_wait(model, loop.time() - began)
+        if ready is None:
+            raise ModelNotFound(f"model {model!r} not found", param="model")
+        return ready
+
+    def _ask_for_replica(self, backend: Backend) -> None:
+        """Scale up in the background: the request waits for readiness, not for the API."""
+
+        async def ask() -> None:
+            try:
+                if await self.source.request_replica(backend):
+                    self.metrics.cold_starts.labels(backend.model).inc()
+            except Exception:  # the waiting request times out with a 503 on its own
+                log.exception("asking for a replica failed", extra={"model": backend.model})
+
+        task = asyncio.create_task(ask())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _enter(self, backend: Backend) -> None:
         await self.admission.acquire(backend.model, backend.max_concurrent)
