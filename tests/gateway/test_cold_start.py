@@ -21,8 +21,8 @@ from tests.fakes.process import FakeEngine
 from tests.gateway.conftest import GatewayFactory, GatewayServer
 from tests.gateway.test_kubernetes import LLMD, SLICES, VERBS, api, endpoint_slice, eventually, llmd
 
-AUTOSCALED = {"replicas": 0, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}}
-CHAT = {"model": "qwen:latest", "messages": [{"role": "user", "content": "hi"}]}
+AUTOSCALED: dict[str, Any] = {"replicas": 0, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}}
+CHAT: dict[str, Any] = {"model": "qwen:latest", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture
