@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +106,24 @@ def gateway_command() -> list[str]:
     return [found]
 
 
+@dataclass(frozen=True)
+class GatewayProcess:
+    """A running `relais-gateway --config` subprocess: its URL, process and config file."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    config: Path
+
+
 @contextlib.contextmanager
-def gateway(
+def gateway_process(
     config: dict[str, Any],
     *,
     log_level: str = "warning",
     timeout_s: float = 60,
     env: dict[str, str] | None = None,
-) -> Iterator[str]:
-    """Run `relais-gateway --config` with `config` (a dict written as YAML); yields its URL."""
+) -> Iterator[GatewayProcess]:
+    """Run `relais-gateway --config` with `config` (a dict written as YAML) until exit."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="relais-gw-") as tmp:
         path = Path(tmp) / "gateway.yaml"
@@ -123,10 +133,23 @@ def gateway(
         url = f"http://127.0.0.1:{port}"
         log = Path(tmp) / "gateway.log"
         try:
-            with run_server(command, url + "/healthz", timeout_s, log, env):
-                yield url
+            with run_server(command, url + "/healthz", timeout_s, log, env) as proc:
+                yield GatewayProcess(url, proc, path)
         except ServerError as exc:
             raise ServerError(f"{exc}\n{log.read_text(errors='replace')[-4000:]}") from None
+
+
+@contextlib.contextmanager
+def gateway(
+    config: dict[str, Any],
+    *,
+    log_level: str = "warning",
+    timeout_s: float = 60,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Run `relais-gateway --config` with `config`; yields its URL."""
+    with gateway_process(config, log_level=log_level, timeout_s=timeout_s, env=env) as running:
+        yield running.url
 
 
 def gemma_model() -> Path:

@@ -9,13 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.fakes.process import FakeEngine
+from tests.fakes.servers import gateway_process
 from tests.gateway.conftest import OLLAMA_MODEL
 
 SCRIPT = Path(sys.executable).parent / "relais-gateway"
@@ -141,3 +143,46 @@ def test_bad_config_exits_with_a_readable_error(tmp_path: Path, content: str, me
     assert "configuration error" in result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_edited_keys_apply_without_a_restart(ollama_engine: FakeEngine) -> None:
+    """The static config's `auth:` (a mounted Secret, in a cluster) is re-read when it changes."""
+    config = {
+        "deployments": [
+            {
+                "name": "q",
+                "engine": "ollama",
+                "servedModelName": "m",
+                "endpoints": [ollama_engine.url],
+            }
+        ],
+        "auth": {"keys": [{"name": "old", "key": "sk-old"}]},
+    }
+    env = {"RELAIS_GATEWAY_AUTH_RELOAD_INTERVAL_S": "0.2"}
+    with gateway_process(config, env=env) as running:
+
+        def status(key: str) -> int:
+            headers = {"Authorization": f"Bearer {key}"}
+            return httpx.get(running.url + "/v1/models", headers=headers, timeout=10).status_code
+
+        def until(check: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 10  # the issue's bound for picking up new keys
+            while not check():
+                assert time.monotonic() < deadline, "the new keys did not apply within 10 s"
+                time.sleep(0.1)
+
+        assert status("sk-old") == 200
+        assert status("sk-new") == 401
+        edited = {**config, "auth": {"keys": [{"name": "new", "key": "sk-new"}]}}
+        running.config.write_text(yaml.safe_dump(edited))
+        until(lambda: status("sk-new") == 200)
+        assert status("sk-old") == 401
+        metrics = httpx.get(running.url + "/metrics").text
+        assert 'relais_gateway_auth_reloads_total{result="ok"} 1.0' in metrics
+
+        running.config.write_text("auth: {keys: [{name: broken}]}\n")  # no `key`: invalid
+        until(
+            lambda: "relais_gateway_auth_reload_ok 0.0" in httpx.get(running.url + "/metrics").text
+        )
+        assert status("sk-new") == 200  # the keys in force stay
+        assert running.proc.poll() is None

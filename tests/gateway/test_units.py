@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -12,7 +13,7 @@ import pytest
 from aiohttp.base_protocol import BaseProtocol
 from relais_gateway.auth import Authenticator, TokenBucket
 from relais_gateway.balancer import Balancer
-from relais_gateway.config import AuthConfig, StaticConfig
+from relais_gateway.config import AuthConfig, StaticConfig, load_auth_file
 from relais_gateway.dialects.common import ChunkStreamResponse
 from relais_gateway.engines import ENGINES
 from relais_gateway.errors import (
@@ -28,6 +29,7 @@ from relais_gateway.errors import (
 )
 from relais_gateway.main import parse_args
 from relais_gateway.registry import StaticSource
+from relais_gateway.reload import AuthReloader
 from relais_gateway.service import check_structured
 from relais_gateway.settings import Settings
 from relais_gateway.upstream import before_network_wait, read_upstream
@@ -278,3 +280,28 @@ async def test_stream_chunks_leave_together_and_before_each_network_wait() -> No
     bodies = [(m.get("body"), m.get("more_body", False)) for m in sent[1:]]
     assert bodies == [(b"ab", True), (b"c", False)]
     assert before_network_wait.get() is None
+
+
+def test_auth_file_reload_swaps_keys_and_keeps_them_on_a_bad_edit(tmp_path: Path) -> None:
+    path = tmp_path / "auth.yaml"
+    path.write_text("keys: [{name: a, key: sk-a, requestsPerMinute: 1}]\n")
+    authenticator = Authenticator(load_auth_file(path))
+    results: list[bool] = []
+    reloader = AuthReloader(path, load_auth_file, authenticator, 1.0, results.append)
+    caller = authenticator.authenticate("sk-a")
+    assert authenticator.authorize(caller, "m") is None  # the one request of this minute
+    reloader.apply(reloader.read())
+    assert results == []  # unchanged file: nothing to do
+    path.write_text("keys: [{name: a, key: sk-a, requestsPerMinute: 1}, {name: b, key: sk-b}]\n")
+    reloader.apply(reloader.read())
+    assert results == [True]
+    assert authenticator.authenticate("sk-b").name == "b"
+    with pytest.raises(RateLimited):  # same key, same rate: its bucket was kept, not refilled
+        authenticator.authorize(authenticator.authenticate("sk-a"), "m")
+    path.write_text("keys: [{name: c}]\n")
+    reloader.apply(reloader.read())
+    assert results == [True, False]
+    assert authenticator.authenticate("sk-b").name == "b"
+    path.write_text("disabled: true\n")
+    reloader.apply(reloader.read())
+    assert authenticator.authenticate(None).name == "anonymous"
