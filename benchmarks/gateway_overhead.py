@@ -9,6 +9,9 @@ streamed chunks are forwarded unbuffered (inter-chunk gaps through the gateway m
 Targets print PASS/FAIL; nothing asserts. `--quick` is a smoke run of a few seconds.
 `--reference` also measures a featureless uvicorn + aiohttp proxy (benchmarks/bare_proxy.py) in
 the same rounds: the floor any Python proxy on this machine pays, printed beside the gateway.
+A streaming-load case follows (issue #7): 256 concurrent streams of 200 chunks, 20 ms apart,
+direct, through the gateway and through the bare proxy, in one run: the inter-chunk delay each
+adds (p50/p99), and the CPU time each proxy process spends per 1,000 forwarded chunks.
 
     python benchmarks/gateway_overhead.py [--quick] [--reference] [--rounds N] [--round-seconds S]
 """
@@ -36,11 +39,12 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from tests.fakes.process import FakeEngine
-from tests.fakes.servers import free_port, gateway, run_server
+from tests.fakes.servers import free_port, gateway_process, run_server
 
 ENGINE_DELAY_MS = 50
 CONCURRENCIES = (1, 32, 128)
 PACE_TOKENS, PACE_GAP_MS = 6, 25
+LOAD_STREAMS, LOAD_CHUNKS, LOAD_GAP_MS = 256, 200, 20
 
 
 @dataclass
@@ -175,6 +179,100 @@ async def pacing(targets: dict[str, str], repeats: int) -> Gaps:
     return gaps
 
 
+@dataclass
+class LoadRun:
+    """One target's streaming-load round: inter-chunk gaps (s), chunks seen, proxy CPU (s)."""
+
+    gaps: list[float] = field(default_factory=list)
+    chunks: int = 0
+    cpu_s: float = 0.0
+    errors: int = 0
+
+
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+async def load_stream(session: aiohttp.ClientSession, url: str, body: bytes, run: LoadRun) -> None:
+    arrivals: list[float] = []
+    try:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            if r.status != 200:
+                run.errors += 1
+                return
+            async for line in r.content:
+                if line.startswith(b"data:") and b"[DONE]" not in line:
+                    arrivals.append(time.perf_counter())
+    except (aiohttp.ClientError, TimeoutError):
+        run.errors += 1
+        return
+    run.chunks += len(arrivals)
+    run.gaps += [b - a for a, b in itertools.pairwise(arrivals)]
+
+
+async def streaming_load(
+    targets: dict[str, str], pids: dict[str, int | None], streams: int
+) -> dict[str, LoadRun]:
+    """`streams` concurrent paced streams per target, one target after the other."""
+    body = request_body("load", True)
+    runs = {name: LoadRun() for name in targets}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        for name, url in targets.items():
+            run = runs[name]
+            before = cpu_seconds(pids.get(name))
+            await asyncio.gather(*(load_stream(http, url, body, run) for _ in range(streams)))
+            run.cpu_s = cpu_seconds(pids.get(name)) - before
+            print(f"  measured streaming load via {name}", file=sys.stderr, flush=True)
+    return runs
+
+
+def load_report(runs: dict[str, LoadRun], streams: int, chunks: int) -> Iterator[str]:
+    direct = runs["direct"]
+
+    def pct(values: list[float], q: float) -> float:
+        data = sorted(values)
+        return data[min(len(data) - 1, int(q * len(data)))] if data else float("nan")
+
+    yield (
+        f"\nstreaming load: {streams} concurrent streams x {chunks} chunks,"
+        f" {LOAD_GAP_MS} ms apart (direct gap p50 {pct(direct.gaps, 0.5) * 1e3:.1f} ms,"
+        f" p99 {pct(direct.gaps, 0.99) * 1e3:.1f} ms)"
+    )
+    for name in ("gateway", "bare"):
+        run = runs[name]
+        added50 = (pct(run.gaps, 0.5) - pct(direct.gaps, 0.5)) * 1e3
+        added99 = (pct(run.gaps, 0.99) - pct(direct.gaps, 0.99)) * 1e3
+        per_k = run.cpu_s / run.chunks * 1e6 if run.chunks else float("nan")
+        yield (
+            f"  via {name:<8} inter-chunk delay added p50 {added50:+.2f} ms, p99 {added99:+.2f} ms;"
+            f" CPU {per_k:.1f} ms per 1,000 chunks; {run.chunks} chunks, {run.errors} errors"
+        )
+
+
+def load_targets(runs: dict[str, LoadRun]) -> Iterator[tuple[str, bool]]:
+    direct, gw, bare = runs["direct"], runs["gateway"], runs["bare"]
+
+    def p99(values: list[float]) -> float:
+        data = sorted(values)
+        return data[min(len(data) - 1, int(0.99 * len(data)))] if data else float("nan")
+
+    added = (p99(gw.gaps) - p99(direct.gaps)) * 1e3
+    yield f"{'stream load added delay p99 <= 5 ms':<34} measured {added:.2f} ms", added <= 5.0
+    gw_k = gw.cpu_s / gw.chunks if gw.chunks else float("nan")
+    bare_k = bare.cpu_s / bare.chunks if bare.chunks else float("nan")
+    cpu = ratio(gw_k, bare_k)
+    yield f"{'stream load CPU/chunk <= 1.3x bare':<34} measured {cpu:.3f}", cpu <= 1.3
+    errors = gw.errors + direct.errors
+    yield f"{'stream load 0 errors':<34} measured {errors}", errors == 0
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -283,45 +381,62 @@ def deployment(name: str, url: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def bare_proxy(upstreams: dict[str, str]) -> Iterator[str]:
-    """The reference proxy as a subprocess; yields its URL."""
+def bare_proxy(upstreams: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """The reference proxy as a subprocess; yields its URL and process id."""
     port = free_port()
     script = Path(__file__).with_name("bare_proxy.py")
     command = [sys.executable, str(script), json.dumps(upstreams), str(port)]
     url = f"http://127.0.0.1:{port}"
-    with run_server(command, url + "/healthz", timeout_s=60):
-        yield url
+    with run_server(command, url + "/healthz", timeout_s=60) as proc:
+        yield url, proc.pid
 
 
-def run(rounds: int, seconds: float, repeats: int, reference: bool) -> tuple[Results, Gaps]:
-    """Start the fakes, the gateway (and the reference proxy), measure, stop everything."""
+Loads = dict[str, LoadRun]
+
+
+def run(
+    rounds: int, seconds: float, repeats: int, reference: bool, load: tuple[int, int]
+) -> tuple[Results, Gaps, Loads]:
+    """Start the fakes, the gateway and the reference proxy, measure, stop everything."""
     cases = [Case(c, s) for s in (False, True) for c in CONCURRENCIES]
-    load: dict[str, Any] = {"delay_ms": ENGINE_DELAY_MS, "first_token_delay_ms": ENGINE_DELAY_MS}
+    answer: dict[str, Any] = {"delay_ms": ENGINE_DELAY_MS, "first_token_delay_ms": ENGINE_DELAY_MS}
     pace: dict[str, Any] = {"first_token_delay_ms": PACE_GAP_MS, "token_delay_ms": PACE_GAP_MS}
+    streams, chunks = load
+    paced_load: dict[str, Any] = {
+        "first_token_delay_ms": LOAD_GAP_MS,
+        "token_delay_ms": LOAD_GAP_MS,
+    }
     path = "/v1/chat/completions"
-    with FakeEngine("tgi", **load) as fake, FakeEngine("tgi", tokens=PACE_TOKENS, **pace) as paced:
+    with contextlib.ExitStack() as stack:
+        fake = stack.enter_context(FakeEngine("tgi", **answer))
+        paced = stack.enter_context(FakeEngine("tgi", tokens=PACE_TOKENS, **pace))
+        loader = stack.enter_context(FakeEngine("tgi", tokens=chunks, **paced_load))
+        upstreams = {"bench": fake.url, "pace": paced.url, "load": loader.url}
         config = {
-            "deployments": [deployment("bench", fake.url), deployment("pace", paced.url)],
+            "deployments": [deployment(name, url) for name, url in upstreams.items()],
             "auth": {"disabled": True},
         }
-        with contextlib.ExitStack() as stack:
-            gw = stack.enter_context(gateway(config, log_level="info"))
-            print(f"fake TGI {fake.url} ({ENGINE_DELAY_MS} ms), gateway {gw}", file=sys.stderr)
-            targets = {"direct": fake.url + path, "gateway": gw + path}
-            if reference:
-                bare = stack.enter_context(bare_proxy({"bench": fake.url, "pace": paced.url}))
-                targets["bare"] = bare + path
-            results = asyncio.run(measure(targets, cases, rounds, seconds))
-            paced_targets = {"direct": paced.url + path, "gateway": gw + path}
-            gaps = asyncio.run(pacing(paced_targets, repeats))
-    return results, gaps
+        gw = stack.enter_context(gateway_process(config, log_level="info"))
+        print(f"fake TGI {fake.url} ({ENGINE_DELAY_MS} ms), gateway {gw.url}", file=sys.stderr)
+        targets = {"direct": fake.url + path, "gateway": gw.url + path}
+        bare, bare_pid = stack.enter_context(bare_proxy(upstreams))
+        if reference:
+            targets["bare"] = bare + path
+        results = asyncio.run(measure(targets, cases, rounds, seconds))
+        paced_targets = {"direct": paced.url + path, "gateway": gw.url + path}
+        gaps = asyncio.run(pacing(paced_targets, repeats))
+        load_urls = {"direct": loader.url + path, "gateway": gw.url + path, "bare": bare + path}
+        pids: dict[str, int | None] = {"direct": None, "gateway": gw.proc.pid, "bare": bare_pid}
+        loads = asyncio.run(streaming_load(load_urls, pids, streams))
+    return results, gaps, loads
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rounds, seconds, repeats = (2, 0.3, 2) if args.quick else (args.rounds, args.round_seconds, 8)
+    load = (32, 20) if args.quick else (LOAD_STREAMS, LOAD_CHUNKS)
     started = time.perf_counter()
-    results, gaps = run(rounds, seconds, repeats, args.reference)
+    results, gaps, loads = run(rounds, seconds, repeats, args.reference, load)
     print(
         f"\ngateway overhead: {os.cpu_count()} CPUs, Python {platform.python_version()}, fake TGI"
         f" answering in {ENGINE_DELAY_MS} ms; {rounds} interleaved rounds x {seconds:g} s"
@@ -340,8 +455,13 @@ def main(argv: list[str] | None = None) -> int:
         print("streaming: time to first token the bare proxy adds (p50): " + ", ".join(bare))
     for line in error_lines(results):
         print(line)
+    for line in load_report(loads, *load):
+        print(line)
     print("\ntargets (issue 3):")
     for label, ok in targets_report(results, gaps):
+        print(f"  {'PASS' if ok else 'FAIL'}  {label}")
+    print("\ntargets (issue 7, streaming load):")
+    for label, ok in load_targets(loads):
         print(f"  {'PASS' if ok else 'FAIL'}  {label}")
     return 0
 
