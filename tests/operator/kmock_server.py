@@ -158,14 +158,16 @@ class FaithfulKMock(kmock.KubernetesEmulator, _FastMatch):
                     {"op": "add", "path": "/metadata/generation", "value": generation}
                 )
 
-
     async def _serve_scale(self, request: kmock.Request, paths: kmock_scale.ScalePaths) -> Any:
         """GET or PATCH a Scale; a PATCH writes the resource's replicas like any spec patch."""
         assert request.resource is not None
+        assert request.name is not None
         key = (request.resource, request.namespace, request.name)
         method = str(request.method.value).upper()
         if key not in self.objects or self.objects[key].deleted:
-            return _failure(404, "NotFound", f"{request.resource.plural} {request.name!r} not found")
+            return _failure(
+                404, "NotFound", f"{request.resource.plural} {request.name!r} not found"
+            )
         scale = kmock_scale.to_scale(self.objects[key].raw, paths)
         if method == "PATCH":
             try:

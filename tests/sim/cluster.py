@@ -46,7 +46,12 @@ class SimError(AssertionError):
 
 
 def llmdeployment(
-    name: str, model: str = "qwen2.5:0.5b", *, engine: str = "ollama", replicas: int = 1, **spec: Any
+    name: str,
+    model: str = "qwen2.5:0.5b",
+    *,
+    engine: str = "ollama",
+    replicas: int = 1,
+    **spec: Any,
 ) -> Obj:
     """An LLMDeployment body for `apply` (CPU-only: `gpu.count` 0); extra spec keys as given."""
     return {
@@ -68,7 +73,9 @@ class Process:
 
     def tail(self, chars: int = 3000) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} (pid {self.proc.pid}, exit {self.proc.poll()}) ---\n{text[-chars:]}"
+        return (
+            f"--- {self.name} (pid {self.proc.pid}, exit {self.proc.poll()}) ---\n{text[-chars:]}"
+        )
 
     async def stop(self, *, kill: bool = False, grace_s: float = 15.0) -> None:
         """SIGTERM (SIGKILL with `kill`, or after `grace_s`) and wait for the exit."""
@@ -426,7 +433,9 @@ class SimCluster:
 
         async def counted() -> bool:
             ns = self._ns(namespace)
-            found = [r for r in self.kubelet.replicas.values() if r.llmd == name and r.namespace == ns]
+            found = [
+                r for r in self.kubelet.replicas.values() if r.llmd == name and r.namespace == ns
+            ]
             return len(found) == count
 
         await self.wait_for(counted, f"{name}: {count} engine processes", timeout_s)

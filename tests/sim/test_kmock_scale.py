@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import kmock
 import pytest
+import yaml
 
 from tests.operator import kmock_scale
 from tests.operator.kmock_server import FaithfulKMock, declare_resources
@@ -100,23 +101,26 @@ async def test_patch_scale_ignores_everything_but_spec_replicas(server: str) -> 
 @pytest.mark.parametrize("replicas", [-1, "2", None, True])
 async def test_invalid_scale_is_422_and_writes_nothing(server: str, replicas: Any) -> None:
     obj = await created(server)
-    status, answer = await call(server, "PATCH", LLMD + "/qwen/scale", {"spec": {"replicas": replicas}})
+    status, answer = await call(
+        server, "PATCH", LLMD + "/qwen/scale", {"spec": {"replicas": replicas}}
+    )
     assert status == 422
-    assert answer["kind"] == "Status" and answer["reason"] == "Invalid"
+    assert answer["kind"] == "Status"
+    assert answer["reason"] == "Invalid"
     _, after = await call(server, "GET", LLMD + "/qwen")
     assert after["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
 
 
 async def test_scale_of_a_missing_resource_is_404(server: str) -> None:
     status, answer = await call(server, "GET", LLMD + "/nothing/scale")
-    assert status == 404 and answer["reason"] == "NotFound"
+    assert status == 404
+    assert answer["reason"] == "NotFound"
     status, _ = await call(server, "PATCH", LLMD + "/nothing/scale", {"spec": {"replicas": 1}})
     assert status == 404
 
 
 def test_scale_paths_come_from_the_crd() -> None:
-    assert kmock_scale.SCALES == {
-        "relais.dev/v1alpha1/llmdeployments": kmock_scale.ScalePaths(
-            "spec.replicas", "status.replicas", "status.selector"
-        )
-    }
+    expected = kmock_scale.ScalePaths("spec.replicas", "status.replicas", "status.selector")
+    found = kmock_scale.crd_scale_paths(yaml.safe_load(kmock_scale.CRD.read_text()))
+    assert found == {"relais.dev/v1alpha1/llmdeployments": expected}
+    assert found == kmock_scale.SCALES

@@ -57,7 +57,8 @@ async def test_one_replica_becomes_ready_and_serves_through_a_gateway(sim: SimCl
     llmd = await ready_qwen(sim)
     assert llmd["status"]["phase"] == "Ready"
     pod = await sim.api.get(PODS, NS, "qwen-0")
-    assert pod is not None and pod["status"]["phase"] == "Running"
+    assert pod is not None
+    assert pod["status"]["phase"] == "Running"
     assert world.labels(pod)[world.LABEL] == "qwen"
     [url] = sim.replicas("qwen")
     assert urlsplit(url).hostname == pod["status"]["podIP"]
@@ -87,7 +88,8 @@ async def test_scale_up_then_down_drains_the_leaving_replica(sim: SimCluster) ->
     await sim.wait_ready("qwen", 2)
     first, second = sim.replicas("qwen")
     eps = await sim.endpoint_slice("qwen")
-    assert eps is not None and len(eps["endpoints"]) == 2
+    assert eps is not None
+    assert len(eps["endpoints"]) == 2
     assert {e["targetRef"]["name"] for e in eps["endpoints"]} == {"qwen-0", "qwen-1"}
 
     async def both_used() -> bool:
@@ -179,15 +181,16 @@ async def test_scale_to_zero_then_delete_stops_every_process(sim: SimCluster) ->
 
     await sim.wait_for(children_gone, "the children garbage-collected")
     assert sim.replicas("qwen") == []
-    for engine in engines:  # every process exited: nothing answers on their addresses
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(f"http://{engine.host}:11434/", timeout=5)
+    async with httpx.AsyncClient(timeout=5) as http:
+        for engine in engines:  # every process exited: nothing answers on their addresses
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"http://{engine.host}:11434/")
 
 
 async def test_two_gateways_both_route_and_are_endpoints(sim: SimCluster) -> None:
     await ready_qwen(sim)
     gateways = [await sim.start_gateway(), await sim.start_gateway()]
-    hosts = [urlsplit(url).hostname for url in gateways]
+    hosts = [str(urlsplit(url).hostname) for url in gateways]
     assert hosts == ["127.0.1.1", "127.0.1.2"] or len(set(hosts)) == 2
     assert len({urlsplit(url).port for url in gateways}) == 1
     for url in gateways:
@@ -213,7 +216,8 @@ async def test_operator_restart_picks_up_a_scale_made_while_it_was_down(sim: Sim
     await sim.scale("qwen", 2)
     await asyncio.sleep(1)  # nobody acts on it: the StatefulSet still wants one replica
     statefulset = await sim.api.get(STATEFULSETS, NS, "qwen")
-    assert statefulset is not None and statefulset["spec"]["replicas"] == 1
+    assert statefulset is not None
+    assert statefulset["spec"]["replicas"] == 1
     await sim.start_operator()
     await sim.wait_ready("qwen", 2)
 

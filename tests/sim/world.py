@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from relais_operator.resources import FETCH_CONTAINER, LABEL
+from relais_operator import resources
 
 Obj = dict[str, Any]
+
+LABEL = resources.LABEL  # relais.dev/llmdeployment: every child of an LLMDeployment has it
 
 ENGINE_LABEL = "app.kubernetes.io/name"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -212,10 +214,16 @@ def running_status(pod: Mapping[str, Any], ip: str) -> Obj:
     """The fetch step done, every container running and ready."""
     done = {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": TIME}}
     inits = [
-        {"name": c["name"], "ready": True, "state": done} for c in _containers(pod, "initContainers")
+        {"name": c["name"], "ready": True, "state": done}
+        for c in _containers(pod, "initContainers")
     ]
     servers = [
-        {"name": c["name"], "ready": True, "started": True, "state": {"running": {"startedAt": TIME}}}
+        {
+            "name": c["name"],
+            "ready": True,
+            "started": True,
+            "state": {"running": {"startedAt": TIME}},
+        }
         for c in _containers(pod, "containers")
     ]
     return {
@@ -251,7 +259,7 @@ def engine_of(pod: Mapping[str, Any]) -> str:
 def fetched_model(pod: Mapping[str, Any]) -> str | None:
     """The model the pod's fetch step pulls (RELAIS_MODEL), i.e. what its engine will serve."""
     for container in _containers(pod, "initContainers"):
-        if container.get("name") == FETCH_CONTAINER:
+        if container.get("name") == resources.FETCH_CONTAINER:
             for var in container.get("env") or ():
                 if var.get("name") == "RELAIS_MODEL":
                     return str(var.get("value"))
@@ -268,8 +276,10 @@ def slice_name(service: Mapping[str, Any]) -> str:
 def selects(service: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
     selector = (service.get("spec") or {}).get("selector") or {}
     pod_labels = labels(pod)
-    return bool(selector) and namespace(pod) == namespace(service) and all(
-        pod_labels.get(key) == value for key, value in selector.items()
+    return (
+        bool(selector)
+        and namespace(pod) == namespace(service)
+        and all(pod_labels.get(key) == value for key, value in selector.items())
     )
 
 
@@ -282,7 +292,12 @@ def endpoint(pod: Mapping[str, Any]) -> Obj | None:
     return {
         "addresses": [ip],
         "conditions": {"ready": ready and not leaving, "serving": ready, "terminating": leaving},
-        "targetRef": {"kind": "Pod", "namespace": namespace(pod), "name": name(pod), "uid": uid(pod)},
+        "targetRef": {
+            "kind": "Pod",
+            "namespace": namespace(pod),
+            "name": name(pod),
+            "uid": uid(pod),
+        },
     }
 
 
