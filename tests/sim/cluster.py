@@ -32,7 +32,7 @@ from tests.fakes.servers import REPO_ROOT, free_port, gateway_command
 from tests.operator.conftest import write_kubeconfig
 from tests.sim import world
 from tests.sim.kube import LLMDEPLOYMENTS, PODS, SERVICES, SLICES, Api, ApiError, path
-from tests.sim.kubelet import AddressPool, Kubelet, KubeletSettings
+from tests.sim.kubelet import AddressPool, Kubelet, KubeletSettings, Replica
 
 Obj = dict[str, Any]
 GATEWAY_NAMESPACE = "relais-system"
@@ -347,17 +347,17 @@ class SimCluster:
 
     def engines(self, name: str, namespace: str | None = None) -> list[FakeEngine]:
         """The running fake engines of LLMDeployment `name`, by ordinal (draining ones too)."""
-        ns = self._ns(namespace)
-        found = [
-            r
-            for r in self.kubelet.replicas.values()
-            if r.llmd == name and r.namespace == ns and r.started and r.engine is not None
-        ]
-        return [r.engine for r in sorted(found, key=lambda r: r.ordinal) if r.engine is not None]
+        return [r.engine for r in self._running(name, namespace) if r.engine is not None]
 
     def replicas(self, name: str, namespace: str | None = None) -> list[str]:
-        """Base URLs of the running engine processes of `name`, by ordinal."""
-        return [engine.url for engine in self.engines(name, namespace)]
+        """Base URLs of the running engine processes of `name`, by ordinal (draining ones too)."""
+        return [r.url for r in self._running(name, namespace)]
+
+    def _running(self, name: str, namespace: str | None) -> list[Replica]:
+        ns = self._ns(namespace)
+        found = self.kubelet.replicas.values()
+        mine = [r for r in found if r.llmd == name and r.namespace == ns and r.running]
+        return sorted(mine, key=lambda r: r.ordinal)
 
     async def engine_stats(self, name: str, namespace: str | None = None) -> dict[str, Any]:
         """URL -> the fake's counters (requests, successes, failures, disconnects, in_flight)."""
@@ -390,6 +390,9 @@ class SimCluster:
             await asyncio.sleep(0.1)
 
     def _check_alive(self) -> None:
+        task = self._kubelet_task
+        if task is not None and task.done():
+            raise SimError(f"the simulation loop ended: {task!r}\n{self.logs()}")
         for process in [self._apiserver, *(g.process for g in self._gateways)]:
             if process is not None and process.proc.poll() is not None:
                 raise SimError(f"{process.name} exited\n{self.logs()}")
@@ -403,13 +406,13 @@ class SimCluster:
             llmd = await self.get(name, namespace)
             status = (llmd or {}).get("status") or {}
             endpoints = _ready_endpoints(await self.endpoint_slice(name, namespace))
-            running = [r for r in self.kubelet.replicas.values() if r.llmd == name]
+            running = self._running(name, namespace)
             ok = (
                 llmd is not None
                 and status.get("observedGeneration") == llmd["metadata"].get("generation")
                 and status.get("readyReplicas", 0) == replicas
                 and len(endpoints) == replicas
-                and len([r for r in running if r.started and not r.draining]) == replicas
+                and len([r for r in running if not r.draining]) == replicas
             )
             return llmd if ok else None
 

@@ -90,13 +90,19 @@ class Replica:
     port: int
     engine: FakeEngine | None = None
     boot: asyncio.Future[str] | None = None  # the engine's start, in a thread (never cancelled)
-    started: bool = False
+    started: bool = False  # the engine answered: the pod turned Ready
     draining: bool = False
+    stopped: bool = False  # the engine process is being (or has been) stopped
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://{self.ip}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """The engine process is up (draining or not)."""
+        return self.started and not self.stopped and self.engine is not None
 
 
 @dataclass
@@ -121,11 +127,15 @@ class Kubelet:
     # ------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        """Tick until cancelled; an API error is recorded and the next tick retries."""
+        """Tick until cancelled; a failed tick is recorded (`errors`) and the next one retries.
+
+        Races (an object gone or created meanwhile) resolve on the next tick, as in controllers.
+        """
         while True:
             try:
                 await self.tick()
-            except (ApiError, OSError, TimeoutError) as exc:  # a race or a restart: retry
+            except Exception as exc:  # never die: a dead simulator would look like a hung cluster
+                log.exception("sim: tick failed")
                 self._error(f"tick: {exc!r}")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -275,6 +285,7 @@ class Kubelet:
                     await asyncio.sleep(0.1)
 
     async def _stop(self, replica: Replica) -> None:
+        replica.stopped = True
         if replica.engine is not None:
             await asyncio.to_thread(replica.engine.stop)
             log.info("kubelet: %s stopped", replica.pod)

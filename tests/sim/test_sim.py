@@ -100,7 +100,7 @@ async def test_scale_up_then_down_drains_the_leaving_replica(sim: SimCluster) ->
 
     # Slow streams, one on each replica (least outstanding spreads them), then scale to 1.
     for engine in sim.engines("qwen"):
-        await engine.configure(token_delay_ms=100, tokens=80)
+        await engine.configure(token_delay_ms=100, tokens=120)
     streams = [asyncio.create_task(stream(gateway)) for _ in range(2)]
     try:
 
@@ -137,7 +137,7 @@ async def test_scale_up_then_down_drains_the_leaving_replica(sim: SimCluster) ->
         await asyncio.gather(*streams, return_exceptions=True)
     for text, finish in results:  # both streams, the one on the leaving replica too, complete
         assert finish == "stop"
-        assert len(text.split()) == 80
+        assert len(text.split()) == 120
     await sim.wait_replicas("qwen", 1)
     assert sim.replicas("qwen") == [first]
     assert await sim.api.get(PODS, NS, "qwen-1") is None
