@@ -5,7 +5,9 @@ One KMock API server (FaithfulKMock, `tests.sim.apiserver`) serves, at the same 
 simulation plays what a cluster adds around them (`kubelet.py`, decisions in `world.py`):
 
 - StatefulSet controller: pod `<sts>-<i>` for every ordinal below spec.replicas (labels from the
-  template, ownerReference to the StatefulSet), deletion above it; a true `status`
+  template, ownerReference to the StatefulSet) with its PVCs from volumeClaimTemplates
+  (`models-<sts>-<i>`, owned only when whenDeleted is Delete), deletion above it (Parallel: all
+  at once; OrderedReady: one at a time, each waiting for the previous); a true `status`
   (replicas, readyReplicas, currentReplicas, updatedReplicas, availableReplicas,
   observedGeneration).
 - kubelet: a pod gets a loopback IP (127.0.0.2, 127.0.0.3, ...; taken addresses are skipped),

@@ -36,7 +36,7 @@ STATEFULSETS = ("apps/v1", "statefulsets")
 SERVICES = ("v1", "services")
 PODS = ("v1", "pods")
 SLICES = ("discovery.k8s.io/v1", "endpointslices")
-NAMESPACES = ("v1", "namespaces")
+CLAIMS = ("v1", "persistentvolumeclaims")
 
 
 class Api:

@@ -3,8 +3,9 @@
 Every tick (`tick_s`, or sooner when a process started or stopped) `Kubelet` lists EndpointSlices,
 Pods, Services, StatefulSets and LLMDeployments (dependents before owners) and plays:
 - the garbage collector: deletes objects whose owners are all gone (KMock has no GC);
-- the StatefulSet controller: creates pod `<sts>-<i>` for each missing ordinal below
-  spec.replicas, deletes pods above it, keeps the StatefulSet's status true;
+- the StatefulSet controller: creates pod `<sts>-<i>` (and its claims from volumeClaimTemplates)
+  for each missing ordinal below spec.replicas, deletes pods above it (podManagementPolicy
+  Parallel: all at once; OrderedReady: one at a time), keeps the StatefulSet's status true;
 - the kubelet: a new pod gets a loopback IP (127.0.0.2, .3, ...) and, after `start_delay_s`, a
   fake engine process there on the engine's container port, then turns Running/Ready. A deleted
   pod stays terminating (its endpoint `ready: false, serving: true, terminating: true`) while
@@ -26,7 +27,16 @@ from typing import Any
 
 from tests.fakes.process import Engine, FakeEngine, FakeEngineError
 from tests.sim import world
-from tests.sim.kube import LLMDEPLOYMENTS, PODS, SERVICES, SLICES, STATEFULSETS, Api, ApiError
+from tests.sim.kube import (
+    CLAIMS,
+    LLMDEPLOYMENTS,
+    PODS,
+    SERVICES,
+    SLICES,
+    STATEFULSETS,
+    Api,
+    ApiError,
+)
 
 log = logging.getLogger("relais.sim")
 
@@ -144,13 +154,21 @@ class Kubelet:
 
     async def tick(self) -> None:
         slices = await self.api.list(SLICES)
+        claims = await self.api.list(CLAIMS)
         pods = await self.api.list(PODS)
         services = await self.api.list(SERVICES)
         sets = await self.api.list(STATEFULSETS)
         llmds = await self.api.list(LLMDEPLOYMENTS)
         live = {world.uid(obj) for obj in [*pods, *services, *sets, *llmds]}
         await self._collect_garbage(
-            [(SLICES, slices), (PODS, pods), (SERVICES, services), (STATEFULSETS, sets)], live
+            [
+                (SLICES, slices),
+                (CLAIMS, claims),
+                (PODS, pods),
+                (SERVICES, services),
+                (STATEFULSETS, sets),
+            ],
+            live,
         )
         for statefulset in filter(world.managed, sets):
             await self._control(statefulset, pods)
@@ -180,8 +198,11 @@ class Kubelet:
                 await self.api.delete(kind, world.namespace(obj), world.name(obj))
 
     async def _control(self, statefulset: Obj, pods: list[Obj]) -> None:
-        """The StatefulSet controller (Parallel policy): create missing, delete excess pods."""
+        """The StatefulSet controller: claims and pods for missing ordinals, excess pods deleted."""
         for index in world.missing_ordinals(statefulset, pods):
+            for claim in world.claims(statefulset, index):
+                with contextlib.suppress(ApiError):  # 409: kept from an earlier replica (Retain)
+                    await self.api.create(CLAIMS, claim)
             pod = world.new_pod(statefulset, index)
             log.info("statefulset: creating pod %s", world.name(pod))
             with contextlib.suppress(ApiError):  # 409: created in an earlier tick's race

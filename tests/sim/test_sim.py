@@ -16,7 +16,7 @@ import pytest
 
 from tests.sim import world
 from tests.sim.cluster import SimCluster, llmdeployment
-from tests.sim.kube import PODS, SERVICES, SLICES, STATEFULSETS
+from tests.sim.kube import CLAIMS, PODS, SERVICES, SLICES, STATEFULSETS
 
 MODEL = "qwen2.5:0.5b"
 NS = "default"
@@ -164,6 +164,8 @@ async def test_scale_to_zero_then_delete_stops_every_process(sim: SimCluster) ->
 
     response = await sim.wait_for(unavailable, "503 from the gateway")
     assert int(response.headers["retry-after"]) >= 1
+    kept = {"models-qwen-0", "models-qwen-1"}  # per-replica caches survive scale-down
+    assert {world.name(c) for c in await sim.api.list(CLAIMS, NS)} == kept
 
     await sim.scale("qwen", 1)
     await sim.wait_ready("qwen", 1)
@@ -180,6 +182,8 @@ async def test_scale_to_zero_then_delete_stops_every_process(sim: SimCluster) ->
         return found == [None, None, None] and not pods
 
     await sim.wait_for(children_gone, "the children garbage-collected")
+    # retainOnDelete (the default): the StatefulSet's claims are not owned, so they stay.
+    assert {world.name(c) for c in await sim.api.list(CLAIMS, NS)} == kept
     assert sim.replicas("qwen") == []
     async with httpx.AsyncClient(timeout=5) as http:
         for engine in engines:  # every process exited: nothing answers on their addresses

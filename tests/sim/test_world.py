@@ -143,3 +143,29 @@ def test_orphans_are_objects_whose_owners_are_all_gone() -> None:
     leaving = pod(1, leaving=True)
     assert world.orphans([owned, free, leaving], {"sts-uid"}) == []
     assert world.orphans([owned, free, leaving], set()) == [owned]  # `leaving` is already going
+
+
+def test_ordered_ready_creates_and_deletes_one_pod_at_a_time() -> None:
+    ordered = statefulset(replicas=3)
+    ordered["spec"]["podManagementPolicy"] = "OrderedReady"
+    assert world.missing_ordinals(ordered, []) == [0]
+    assert world.missing_ordinals(ordered, [pod(0, ready=False)]) == []  # 0 is not Ready yet
+    assert world.missing_ordinals(ordered, [pod(0)]) == [1]
+    ordered["spec"]["replicas"] = 0
+    assert [world.name(p) for p in world.excess_pods(ordered, [pod(0), pod(1)])] == ["qwen-1"]
+    assert world.excess_pods(ordered, [pod(0), pod(1, leaving=True)]) == []  # one at a time
+
+
+def test_claims_from_the_volume_claim_templates() -> None:
+    owner = statefulset()
+    template = {"metadata": {"name": "models", "labels": {"a": "b"}}, "spec": {"x": 1}}
+    owner["spec"]["volumeClaimTemplates"] = [template]
+    owner["spec"]["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Delete"}
+    [claim] = world.claims(owner, 2)
+    assert claim["metadata"]["name"] == "models-qwen-2"
+    assert claim["metadata"]["labels"] == {"a": "b"}
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == "sts-uid"
+    assert claim["spec"] == {"x": 1}
+    owner["spec"]["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Retain"}
+    assert "ownerReferences" not in world.claims(owner, 2)[0]["metadata"]
+    assert world.claims(statefulset(), 0) == []

@@ -116,18 +116,69 @@ def desired_replicas(statefulset: Mapping[str, Any]) -> int:
     return int((statefulset.get("spec") or {}).get("replicas", 1) or 0)
 
 
+def ordered(statefulset: Mapping[str, Any]) -> bool:
+    """podManagementPolicy OrderedReady: one pod at a time, each waiting for the previous."""
+    return (statefulset.get("spec") or {}).get("podManagementPolicy") == "OrderedReady"
+
+
 def missing_ordinals(statefulset: Mapping[str, Any], pods: Iterable[Obj]) -> list[int]:
-    """Ordinals below spec.replicas with no pod (a terminating one still blocks its name)."""
-    names = {name(p) for p in pods if namespace(p) == namespace(statefulset)}
+    """Ordinals below spec.replicas to create now (a terminating pod still blocks its name).
+
+    Parallel: all of them. OrderedReady: the lowest, once every lower pod is Running and Ready.
+    """
+    present = {name(p): p for p in pods if namespace(p) == namespace(statefulset)}
     wanted = range(desired_replicas(statefulset))
-    return [i for i in wanted if pod_name(statefulset, i) not in names]
+    missing = [i for i in wanted if pod_name(statefulset, i) not in present]
+    if not ordered(statefulset) or not missing:
+        return missing
+    lower = [present.get(pod_name(statefulset, i)) for i in range(missing[0])]
+    return missing[:1] if all(p is not None and pod_ready(p) for p in lower) else []
 
 
 def excess_pods(statefulset: Mapping[str, Any], pods: Iterable[Obj]) -> list[Obj]:
-    """Live pods at ordinals >= spec.replicas, highest first (they are deleted on scale-down)."""
+    """Live pods at ordinals >= spec.replicas to delete now, highest first.
+
+    Parallel: all of them. OrderedReady: the highest, once no other pod is terminating.
+    """
+    mine = pods_of(statefulset, pods)
     keep = desired_replicas(statefulset)
-    extra = [p for p in pods_of(statefulset, pods) if ordinal(p) >= keep and not terminating(p)]
-    return sorted(extra, key=ordinal, reverse=True)
+    extra = [p for p in mine if ordinal(p) >= keep and not terminating(p)]
+    extra.sort(key=ordinal, reverse=True)
+    if not ordered(statefulset):
+        return extra
+    return extra[:1] if not any(terminating(p) for p in mine) else []
+
+
+def claims(statefulset: Mapping[str, Any], index: int) -> list[Obj]:
+    """The PVCs of replica `index` from volumeClaimTemplates (`<template>-<sts>-<index>`).
+
+    As the controller does: owned by the StatefulSet when whenDeleted is Delete (so deleting it
+    removes them); whenScaled is not applied (scaled-down replicas keep their claims, Retain).
+    """
+    spec = statefulset.get("spec") or {}
+    policy = spec.get("persistentVolumeClaimRetentionPolicy") or {}
+    owners = [owner_reference(statefulset)] if policy.get("whenDeleted") == "Delete" else []
+    result = []
+    for template in spec.get("volumeClaimTemplates") or ():
+        claim_meta = template.get("metadata") or {}
+        claim_name = f"{claim_meta.get('name')}-{name(statefulset)}-{index}"
+        metadata: Obj = {
+            "name": claim_name,
+            "namespace": namespace(statefulset),
+            "labels": dict(claim_meta.get("labels") or {}),
+        }
+        if owners:
+            metadata["ownerReferences"] = owners
+        result.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": metadata,
+                "spec": dict(template.get("spec") or {}),
+                "status": {"phase": "Bound"},
+            }
+        )
+    return result
 
 
 def new_pod(statefulset: Mapping[str, Any], index: int) -> Obj:
