@@ -11,7 +11,6 @@ tails, and every timeout error includes them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import subprocess
@@ -80,7 +79,10 @@ class Process:
     async def stop(self, *, kill: bool = False, grace_s: float = 15.0) -> None:
         """SIGTERM (SIGKILL with `kill`, or after `grace_s`) and wait for the exit."""
         if self.proc.poll() is None:
-            self.proc.kill() if kill else self.proc.terminate()
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
             try:
                 await asyncio.to_thread(self.proc.wait, grace_s)
             except subprocess.TimeoutExpired:
@@ -157,24 +159,34 @@ class SimCluster:
         await self.close()
 
     async def close(self) -> None:
-        """Stop everything: gateways, operator, node (every engine), API server. Idempotent."""
-        for gateway in list(self._gateways):
-            with contextlib.suppress(Exception):
-                await gateway.process.stop(grace_s=5)
+        """Stop everything: gateways, operator, node (every engine), API server. Idempotent.
+
+        Every step runs even when an earlier one fails; the first failure is raised at the end.
+        """
+        steps = [gateway.process.stop(grace_s=5) for gateway in self._gateways]
         self._gateways.clear()
         if self._operator is not None:
-            await self._operator.stop(grace_s=10)
-            self._operator = None
+            steps.append(self._operator.stop(grace_s=10))
+        steps += [self._stop_kubelet(), self.api.close()]
+        if self._apiserver is not None:
+            steps.append(self._apiserver.stop(grace_s=5))
+        self._operator = self._apiserver = None
+        failures: list[BaseException] = []
+        for step in steps:
+            try:
+                await step
+            except BaseException as exc:  # even a cancellation: every process must be stopped
+                failures.append(exc)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        if failures:
+            raise failures[0]
+
+    async def _stop_kubelet(self) -> None:
         if self._kubelet_task is not None:
             self._kubelet_task.cancel()
             await asyncio.gather(self._kubelet_task, return_exceptions=True)
             self._kubelet_task = None
         await self.kubelet.close()
-        await self.api.close()
-        if self._apiserver is not None:
-            await self._apiserver.stop(grace_s=5)
-            self._apiserver = None
-        shutil.rmtree(self._workdir, ignore_errors=True)
 
     def _spawn(self, name: str, command: list[str]) -> Process:
         log = self._workdir / f"{name}.log"

@@ -295,6 +295,7 @@ class Kubelet:
             await self._wait_idle(replica.engine)
         await self._stop(replica)
         await self._release(pod)
+        self.pool.release(replica.ip)  # only now: the deleted pod kept its IP until it was gone
 
     async def _wait_idle(self, engine: FakeEngine) -> None:
         with contextlib.suppress(TimeoutError):
@@ -311,7 +312,6 @@ class Kubelet:
             await asyncio.to_thread(replica.engine.stop)
             log.info("kubelet: %s stopped", replica.pod)
         self.replicas.pop(replica.uid, None)
-        self.pool.release(replica.ip)
         self.wake()
 
     async def _release(self, pod: Obj) -> None:
@@ -332,6 +332,7 @@ class Kubelet:
             with contextlib.suppress(Exception):
                 await task
         await self._stop(replica)
+        self.pool.release(replica.ip)
 
     # ------------------------------------------------------------ bookkeeping
 
