@@ -230,3 +230,13 @@ async def _equals(found: Any, expected: Any) -> bool:
     with contextlib.suppress(Exception):
         return bool(await found == expected)
     return False
+
+
+async def test_a_tgi_replica_runs_on_the_tgi_port(sim: SimCluster) -> None:
+    await sim.apply(llmdeployment("tgi", "Qwen/Qwen2.5-0.5B-Instruct", engine="tgi"))
+    await sim.wait_ready("tgi", 1)
+    [url] = sim.replicas("tgi")
+    assert urlsplit(url).port == 8080
+    gateway = await sim.start_gateway()
+    assert await chat(gateway, model="Qwen/Qwen2.5-0.5B-Instruct")
+    assert [stats["requests"] for stats in (await sim.engine_stats("tgi")).values()] == [1]
