@@ -187,6 +187,7 @@ class SimCluster:
             await asyncio.gather(self._kubelet_task, return_exceptions=True)
             self._kubelet_task = None
         await self.kubelet.close()
+        self._gateway_pool.close()
 
     def _spawn(self, name: str, command: list[str]) -> Process:
         log = self._workdir / f"{name}.log"

@@ -59,32 +59,47 @@ FAKES: dict[str, FakeFor] = {
 
 
 class AddressPool:
-    """Loopback addresses `<prefix>.<n>` handed out lowest first, skipping any already bound."""
+    """Loopback addresses `<prefix>.<n>` handed out lowest first, each reserved while in use.
+
+    The reservation is a socket bound to (address, port) without SO_REUSEADDR, so any other
+    bind there fails (another simulation running at the same time skips the address), and then
+    given SO_REUSEADDR, so the process meant to serve there (it sets SO_REUSEADDR, as the fakes
+    and uvicorn do) can bind and listen beside it. A non-listening socket receives no connection.
+    """
 
     def __init__(self, prefix: str, first: int = 2, last: int = 254) -> None:
         self.prefix, self.first, self.last = prefix, first, last
-        self._held: set[str] = set()
+        self._held: dict[str, socket.socket] = {}
 
     def take(self, port: int) -> str:
         for n in range(self.first, self.last + 1):
             ip = f"{self.prefix}.{n}"
-            if ip not in self._held and _bindable(ip, port):
-                self._held.add(ip)
-                return ip
+            if ip not in self._held:
+                sock = _reserve(ip, port)
+                if sock is not None:
+                    self._held[ip] = sock
+                    return ip
         raise RuntimeError(f"no free address in {self.prefix}.{self.first}-{self.last}:{port}")
 
     def release(self, ip: str) -> None:
-        self._held.discard(ip)
+        sock = self._held.pop(ip, None)
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        for ip in list(self._held):
+            self.release(ip)
 
 
-def _bindable(ip: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((ip, port))
-        except OSError:
-            return False
-    return True
+def _reserve(ip: str, port: int) -> socket.socket | None:
+    sock = socket.socket()
+    try:
+        sock.bind((ip, port))
+    except OSError:  # in use (or not an address of this host)
+        sock.close()
+        return None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
 
 
 @dataclass
@@ -361,3 +376,4 @@ class Kubelet:
         engines = [r.engine for r in self.replicas.values() if r.engine is not None]
         await asyncio.gather(*(asyncio.to_thread(e.stop) for e in engines), return_exceptions=True)
         self.replicas.clear()
+        self.pool.close()
