@@ -216,12 +216,10 @@ class Kubelet:
         """The StatefulSet controller: claims and pods for missing ordinals, excess pods deleted."""
         for index in world.missing_ordinals(statefulset, pods):
             for claim in world.claims(statefulset, index):
-                with contextlib.suppress(ApiError):  # 409: kept from an earlier replica (Retain)
-                    await self.api.create(CLAIMS, claim)
+                await self._create_once(CLAIMS, claim)  # exists: kept from before (Retain)
             pod = world.new_pod(statefulset, index)
             log.info("statefulset: creating pod %s", world.name(pod))
-            with contextlib.suppress(ApiError):  # 409: created in an earlier tick's race
-                await self.api.create(PODS, pod)
+            await self._create_once(PODS, pod)
         for pod in world.excess_pods(statefulset, pods):
             log.info("statefulset: deleting pod %s (scale-down)", world.name(pod))
             await self.api.delete(PODS, world.namespace(pod), world.name(pod))
@@ -236,6 +234,14 @@ class Kubelet:
         elif world.slice_differs(found, desired):
             body = {"ports": desired["ports"], "endpoints": desired["endpoints"]}
             await self._patch(SLICES, found, body)
+
+    async def _create_once(self, kind: tuple[str, str], body: Obj) -> None:
+        """Create unless it exists (409), as a controller does whose cache was a tick behind."""
+        try:
+            await self.api.create(kind, body)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
 
     async def _patch(self, kind: tuple[str, str], obj: Obj, body: Obj, sub: str = "") -> None:
         try:
