@@ -52,8 +52,17 @@ engine_network="127.0.0", gateway_network="127.0.1"):
 - `wait_ready(name, n)`, `wait_phase(name, phase)`, `wait_replicas(name, n)`,
   `wait_for(async_check, what)`: all bounded (`timeout_s`), raising `SimError` with every
   process's log tail; `logs()`.
+`engine_switches` (fake-engine switches, e.g. `{"token_delay_ms": 20}`) apply to every engine
+started; `wait_ready(name, n)` means n engines running and not draining, n ready endpoints in
+the slice, and the LLMDeployment's status showing readyReplicas n for its current generation.
 Every method taking a name also takes `namespace=` (default: the cluster's). Leaving the
 `async with` (failure included) stops every process it started.
+
+Known simplifications: the kubelet holds its pods with a finalizer (`sim.relais.dev/kubelet`),
+because KMock deletes at once what a real server keeps terminating; DELETE's
+propagationPolicy is not honoured (an orphaned StatefulSet's pods are collected, then
+re-created); no Namespace objects (KMock cannot create them; nothing needs them); addresses
+are reserved with a bound socket, so simulations running at the same time take different ones.
 
 The package itself imports nothing: `python -m tests.sim.apiserver` stays light.
 """
