@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,3 +126,19 @@ def test_scale_paths_come_from_the_crd() -> None:
     found = kmock_scale.crd_scale_paths(yaml.safe_load(kmock_scale.CRD.read_text()))
     assert found == {"relais.dev/v1alpha1/llmdeployments": expected}
     assert found == kmock_scale.SCALES
+
+
+async def test_watchers_see_the_scaled_resource(server: str) -> None:
+    await created(server)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(server + LLMD, params={"watch": "true"}) as watch,
+    ):
+        status, _ = await call(server, "PATCH", LLMD + "/qwen/scale", {"spec": {"replicas": 4}})
+        assert status == 200
+        async with asyncio.timeout(30):
+            async for line in watch.content:
+                event = json.loads(line) if line.strip() else {}
+                if event.get("type") == "MODIFIED":
+                    assert event["object"]["spec"]["replicas"] == 4
+                    break
