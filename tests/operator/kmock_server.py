@@ -5,6 +5,7 @@ KMock stores objects as given. A real API server also stamps every write with a 
 `generation` when a spec changes; kopf relies on resourceVersions to tell fresh events from
 stale ones. `FaithfulKMock` adds exactly that. `python -m tests.operator.kmock_server --port P`
 serves it as a standalone process (the benchmark runs the operator against it).
+The `scale` subresource of our CRD answers with a Scale, as a real server's (`kmock_scale`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import itertools
 import uuid
 from typing import Any
 
+import aiohttp.web
+import attrs
 import kmock
+
+from tests.operator import kmock_scale
 
 _VERSIONS = itertools.count(1000)
 RESOURCES = {
@@ -80,10 +85,18 @@ _SCAN = kmock.KubernetesEmulator._KubernetesEmulator__get_objs  # type: ignore[a
 
 
 class FaithfulKMock(kmock.KubernetesEmulator, _FastMatch):
-    """KubernetesEmulator + resourceVersion/uid/generation stamping on writes."""
+    """KubernetesEmulator + resourceVersion/uid/generation stamping on writes + CRD scale."""
 
     async def _handle(self, request: kmock.Request) -> Any:
         self._count(request)
+        resource = request.resource
+        if request.subresource == "scale" and resource is not None and request.name:
+            paths = kmock_scale.SCALES.get(f"{resource.group}/{resource.version}/{resource.plural}")
+            if paths is not None:
+                return await self._serve_scale(request, paths)
+        return await self._serve(request)
+
+    async def _serve(self, request: kmock.Request) -> Any:
         if request.resource is not None and isinstance(request.data, dict | list):
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
                 self._stamp_create(request.data)
@@ -145,6 +158,35 @@ class FaithfulKMock(kmock.KubernetesEmulator, _FastMatch):
                 request.data.append(
                     {"op": "add", "path": "/metadata/generation", "value": generation}
                 )
+
+    async def _serve_scale(self, request: kmock.Request, paths: kmock_scale.ScalePaths) -> Any:
+        """GET or PATCH a Scale; a PATCH writes the resource's replicas like any spec patch."""
+        assert request.resource is not None
+        assert request.name is not None
+        key = (request.resource, request.namespace, request.name)
+        method = str(request.method.value).upper()
+        if key not in self.objects or self.objects[key].deleted:
+            return _failure(
+                404, "NotFound", f"{request.resource.plural} {request.name!r} not found"
+            )
+        scale = kmock_scale.to_scale(self.objects[key].raw, paths)
+        if method == "PATCH":
+            try:
+                replicas = kmock_scale.patched_replicas(
+                    scale, request.data, request.headers.get("Content-Type")
+                )
+            except ValueError as exc:
+                return _failure(422, "Invalid", f"Scale {request.name!r} is invalid: {exc}")
+            patch = kmock_scale.nested(paths.spec, replicas)
+            await self._serve(attrs.evolve(request, subresource=None, data=patch))
+            scale = kmock_scale.to_scale(self.objects[key].raw, paths)
+        elif method != "GET":
+            return _failure(405, "MethodNotAllowed", f"{method} of a Scale is not served here")
+        return aiohttp.web.json_response(scale)
+
+
+def _failure(code: int, reason: str, message: str) -> aiohttp.web.Response:
+    return aiohttp.web.json_response(kmock_scale.status_error(code, reason, message), status=code)
 
 
 def _touches_spec(patch: Any) -> bool:
