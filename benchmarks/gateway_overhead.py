@@ -81,10 +81,10 @@ class Case:
         return f"c={self.concurrency:<3} {'stream' if self.stream else 'plain '}"
 
 
-def request_body(model: str, stream: bool) -> bytes:
+def request_body(model: str, stream: bool, max_tokens: int = 16) -> bytes:
     messages = [{"role": "user", "content": "ping"}]
     return json.dumps(
-        {"model": model, "messages": messages, "max_tokens": 16, "stream": stream}
+        {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": stream}
     ).encode()
 
 
@@ -216,10 +216,10 @@ async def load_stream(session: aiohttp.ClientSession, url: str, body: bytes, run
 
 
 async def streaming_load(
-    targets: dict[str, str], pids: dict[str, int | None], streams: int
+    targets: dict[str, str], pids: dict[str, int | None], streams: int, chunks: int
 ) -> dict[str, LoadRun]:
     """`streams` concurrent paced streams per target, one target after the other."""
-    body = request_body("load", True)
+    body = request_body("load", True, max_tokens=chunks)
     runs = {name: LoadRun() for name in targets}
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=300)
@@ -427,7 +427,7 @@ def run(
         gaps = asyncio.run(pacing(paced_targets, repeats))
         load_urls = {"direct": loader.url + path, "gateway": gw.url + path, "bare": bare + path}
         pids: dict[str, int | None] = {"direct": None, "gateway": gw.proc.pid, "bare": bare_pid}
-        loads = asyncio.run(streaming_load(load_urls, pids, streams))
+        loads = asyncio.run(streaming_load(load_urls, pids, streams, chunks))
     return results, gaps, loads
 
 

@@ -118,8 +118,16 @@ class SimCluster:
         timeout_s: float = 60.0,
         engine_network: str = "127.0.0",
         gateway_network: str = "127.0.1",
+        operator_env: dict[str, str] | None = None,
+        gateway_env: dict[str, str] | None = None,
     ) -> None:
         self.namespace = namespace
+        # RELAIS_OPERATOR_* / RELAIS_GATEWAY_* settings of every operator and gateway started.
+        self.operator_env = {
+            "RELAIS_OPERATOR_GATEWAY_SERVICE": f"{GATEWAY_NAMESPACE}/{GATEWAY_SERVICE}",
+            **(operator_env or {}),
+        }
+        self.gateway_env = dict(gateway_env or {})
         self.timeout_s = timeout_s
         self._start_operator = operator
         self._settings = KubeletSettings(
@@ -189,9 +197,11 @@ class SimCluster:
         await self.kubelet.close()
         self._gateway_pool.close()
 
-    def _spawn(self, name: str, command: list[str]) -> Process:
+    def _spawn(
+        self, name: str, command: list[str], extra_env: dict[str, str] | None = None
+    ) -> Process:
         log = self._workdir / f"{name}.log"
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, **(extra_env or {}), "KUBECONFIG": str(self.kubeconfig)}
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
         with log.open("wb") as sink:
             proc = subprocess.Popen(
@@ -242,7 +252,7 @@ class SimCluster:
         self._operator_runs += 1
         command = [str(Path(sys.executable).with_name("relais-operator"))]
         command += ["--all-namespaces", "--liveness-port", "0"]
-        self._operator = self._spawn(f"operator-{self._operator_runs}", command)
+        self._operator = self._spawn(f"operator-{self._operator_runs}", command, self.operator_env)
 
     async def stop_operator(self, *, kill: bool = False) -> None:
         """Stop the operator: SIGTERM (kopf shuts down cleanly) or, with `kill`, SIGKILL."""
@@ -268,7 +278,7 @@ class SimCluster:
         auth_file.write_text(yaml.safe_dump(auth if auth is not None else {"disabled": True}))
         command = [*gateway_command(), "--source", "kubernetes", "--auth-file", str(auth_file)]
         command += ["--host", ip, "--port", str(self._gateway_port), "--log-level", log_level]
-        process = self._spawn(f"gateway-{index}", command)
+        process = self._spawn(f"gateway-{index}", command, self.gateway_env)
         gateway = Gateway(process, ip, self._gateway_port, f"{GATEWAY_SERVICE}-{index}")
         self._gateways.append(gateway)
         await self.wait_for(lambda: _answers(gateway.url + "/readyz", process), "gateway /readyz")

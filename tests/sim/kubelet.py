@@ -292,7 +292,6 @@ class Kubelet:
         model = world.fetched_model(pod)
         if fake.only_fetched_model and model:
             switches["models"] = [model]
-        # FakeEngine passes switches as flags after its own `--port 0`; the last one wins.
         engine = FakeEngine(fake.fake, host=replica.ip, port=replica.port, **switches)
         replica.engine = engine
         replica.boot = asyncio.ensure_future(asyncio.to_thread(engine.start))
