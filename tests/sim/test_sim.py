@@ -49,7 +49,10 @@ async def requests_by_engine(sim: SimCluster) -> dict[str, int]:
 
 
 async def ready_qwen(sim: SimCluster, replicas: int = 1) -> dict[str, Any]:
-    await sim.apply(llmdeployment("qwen", MODEL, replicas=replicas))
+    # LeastLoad: these tests watch requests spread over replicas (PrefixHash would keep sending
+    # the tests' one prompt to one replica, which is its point).
+    body = llmdeployment("qwen", MODEL, replicas=replicas, routing={"strategy": "LeastLoad"})
+    await sim.apply(body)
     return await sim.wait_ready("qwen", replicas)
 
 
