@@ -317,3 +317,28 @@ def test_a_waiting_client_that_leaves_never_reaches_the_engine(
         wait_until(lambda: server.gateway.admission.waiting.get(OLLAMA_MODEL) == 0)
         slow.read()
     assert len(ollama_engine.requests_sync()) == 1
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/../api/pull", "/v1/x/../../api/pull", "/v1/%2e%2e/api/pull", "/v1/a//b"]
+)
+def test_forwarded_routes_never_leave_v1(
+    gateway: GatewayServer, ollama_engine: FakeEngine, path: str
+) -> None:
+    body = {"model": OLLAMA_MODEL, "name": "evil"}
+    response = httpx.post(gateway.url + path, json=body, timeout=30)
+    assert response.status_code in (403, 404, 405)  # 403: the client resolved it to /api/pull
+    assert not [r for r in ollama_engine.requests_sync() if r["path"].startswith("/api")]
+
+
+def test_any_v1_route_naming_a_model_is_forwarded(
+    gateway: GatewayServer, ollama_engine: FakeEngine
+) -> None:
+    body = {"model": OLLAMA_MODEL, "input": "hi", "new_param": [1]}
+    response = httpx.post(gateway.url + "/v1/responses", json=body, timeout=30)
+    assert response.status_code == 404  # this fake Ollama serves no /v1/responses: its 404
+    error = openai_error(response)
+    assert error["code"] == "engine_rejected_request"
+    assert error["message"].startswith("engine answered 404")
+    missing = httpx.post(gateway.url + "/v1/responses", json={"input": "x"}, timeout=30)
+    assert openai_error(missing)["param"] == "model"

@@ -8,6 +8,7 @@ validate only what the gateway reads; every other field reaches the engine untou
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import orjson
@@ -31,7 +32,7 @@ from relais_gateway.dialects.common import (
     whole,
 )
 from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS
-from relais_gateway.errors import InvalidRequest, ModelNotFound
+from relais_gateway.errors import InvalidRequest, ModelNotFound, NotFound
 from relais_gateway.prefix import chat_prefix, prompt_prefix
 from relais_gateway.registry import Backend
 from relais_gateway.relay import RawRelay, SseRelay, renamer
@@ -40,6 +41,8 @@ from relais_gateway.service import Gateway, check_json_schema, check_structured
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 
 SSE = "text/event-stream"
+FORWARDABLE = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-.]+)*")
+"""The `/v1/...` paths the catch-all route forwards: plain segments, no dot segments."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -255,6 +258,9 @@ def _model_card(backend: Backend) -> dict[str, Any]:
     openapi_extra=request_body(AnyModelRequest),
 )
 async def any_model_route(path: str, request: Request) -> Response:
+    if not FORWARDABLE.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
+        # Never let a path climb out of /v1/ on the engine (e.g. to Ollama's /api/pull).
+        raise NotFound(f"no route /v1/{path[:100]}")
     body = read_json(request)
     owned = check(AnyModelRequest, body)
     limit = _first_int(body, "max_output_tokens", "max_completion_tokens", "max_tokens")
