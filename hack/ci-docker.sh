@@ -38,12 +38,16 @@ start_dockerd() {
   exit 1
 }
 
-# The Debian mirror apt uses here (deb822 "URIs:" or one-line "deb URL suite").
+# The Debian mirror apt uses here (deb822 "URIs:" first, else one-line "deb URL suite"). One awk
+# over the files that exist, no pipeline: under pipefail a `| head` can fail the script with
+# SIGPIPE, and a grep that matches nothing fails it too.
 debian_mirror() {
-  local url
-  url=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n1)
-  [ -n "$url" ] || url=$(grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-    | grep -v security | awk '{print $2}' | grep -E 'debian/?$' | head -n1)
+  local url file files=()
+  for file in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ ! -f "$file" ] || files+=("$file")
+  done
+  url=$(awk '$2 ~ /security/ {next}
+    $1 == "URIs:" || ($1 == "deb" && $2 ~ /debian\/?$/) {print $2; exit}' /dev/null "${files[@]}")
   echo "${url:-http://deb.debian.org/debian}"
 }
 
