@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# CI only (called by .ci/run as root): install and start a Docker engine, build a Debian base image
-# with debootstrap (no registry is reachable from CI), then build both Relais images on it.
+# CI only (called by .ci/run as root): install and start a Docker engine, build a slim Debian base
+# image with debootstrap (no registry is reachable from CI; it stands in for python:3.12-slim),
+# then build both Relais images on it.
 # Idempotent: every step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BASE_IMAGE=${RELAIS_CI_BASE_IMAGE:-relais-base:bookworm}
+BASE_IMAGE=${RELAIS_CI_BASE_IMAGE:-relais-base:bookworm-slim}
 STATE_DIR=${RELAIS_CI_STATE_DIR:-/var/tmp/relais-ci}
 SOCKET=/var/run/docker.sock
 mkdir -p "$STATE_DIR"
@@ -64,9 +65,25 @@ build_base_image() {
   install -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
   copy_pip_index "$root"
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  slim "$root"
   log "importing $root as $BASE_IMAGE"
   tar -C "$root" -c . | docker import - "$BASE_IMAGE" >/dev/null
   rm -rf "$root"
+}
+
+# What makes Debian's own images "slim" (and python:3.12-slim): no documentation, manual pages or
+# translations (~50 MB), licences kept; a dpkg rule keeps later installs the same way.
+slim() {
+  local root=$1
+  mkdir -p "$root/etc/dpkg/dpkg.cfg.d"
+  printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+    'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+    'path-exclude /usr/share/locale/*' 'path-exclude /usr/share/lintian/*' \
+    >"$root/etc/dpkg/dpkg.cfg.d/slim"
+  find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+  rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/* \
+    "$root"/usr/share/lintian/*
 }
 
 # Carry an http(s) package index over into the base image; file:// indexes and
