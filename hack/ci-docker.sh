@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# CI only (called by .ci/run as root): install and start a Docker engine, build a Debian base image
-# with debootstrap (no registry is reachable from CI), then build both Relais images on it.
+# CI only (called by .ci/run as root): install and start a Docker engine, build a slim Debian base
+# image with debootstrap (no registry is reachable from CI; it stands in for python:3.12-slim),
+# then build both Relais images on it.
 # Idempotent: every step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BASE_IMAGE=${RELAIS_CI_BASE_IMAGE:-relais-base:bookworm}
+BASE_IMAGE=${RELAIS_CI_BASE_IMAGE:-relais-base:bookworm-slim}
 STATE_DIR=${RELAIS_CI_STATE_DIR:-/var/tmp/relais-ci}
 SOCKET=/var/run/docker.sock
 mkdir -p "$STATE_DIR"
@@ -38,12 +39,16 @@ start_dockerd() {
   exit 1
 }
 
-# The Debian mirror apt uses here (deb822 "URIs:" or one-line "deb URL suite").
+# The Debian mirror apt uses here (deb822 "URIs:" first, else one-line "deb URL suite"). One awk
+# over the files that exist, no pipeline: under pipefail a `| head` can fail the script with
+# SIGPIPE, and a grep that matches nothing fails it too.
 debian_mirror() {
-  local url
-  url=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n1)
-  [ -n "$url" ] || url=$(grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-    | grep -v security | awk '{print $2}' | grep -E 'debian/?$' | head -n1)
+  local url file files=()
+  for file in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ ! -f "$file" ] || files+=("$file")
+  done
+  url=$(awk '$2 ~ /security/ {next}
+    $1 == "URIs:" || ($1 == "deb" && $2 ~ /debian\/?$/) {print $2; exit}' /dev/null "${files[@]}")
   echo "${url:-http://deb.debian.org/debian}"
 }
 
@@ -60,9 +65,25 @@ build_base_image() {
   install -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
   copy_pip_index "$root"
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  slim "$root"
   log "importing $root as $BASE_IMAGE"
   tar -C "$root" -c . | docker import - "$BASE_IMAGE" >/dev/null
   rm -rf "$root"
+}
+
+# What makes Debian's own images "slim" (and python:3.12-slim): no documentation, manual pages or
+# translations (~50 MB), licences kept; a dpkg rule keeps later installs the same way.
+slim() {
+  local root=$1
+  mkdir -p "$root/etc/dpkg/dpkg.cfg.d"
+  printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+    'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+    'path-exclude /usr/share/locale/*' 'path-exclude /usr/share/lintian/*' \
+    >"$root/etc/dpkg/dpkg.cfg.d/slim"
+  find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+  rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/* \
+    "$root"/usr/share/lintian/*
 }
 
 # Carry an http(s) package index over into the base image; file:// indexes and

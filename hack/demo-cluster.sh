@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo` on a cluster (hack/demo.sh runs this when the current kube context answers):
-# helm install the chart, create an API key Secret, apply an example, wait for Ready, then send a
+# helm install the chart (it generates an API key), apply an example, wait for Ready, then send a
 # chat, a streamed chat and an Ollama-dialect request through the gateway.
 # Env: NAMESPACE (relais-system), EXAMPLE (manifests/examples/tiny-cpu-kind.yaml),
 #      RELAIS_OPERATOR_IMAGE / RELAIS_GATEWAY_IMAGE (repository:tag; default: the chart's),
@@ -11,7 +11,6 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 NAMESPACE=${NAMESPACE:-relais-system}
 EXAMPLE=${EXAMPLE:-manifests/examples/tiny-cpu-kind.yaml}
-SECRET=relais-gateway-auth
 step() { printf '\n== %s\n' "$*"; }
 
 kubectl version --request-timeout=10s >/dev/null 2>&1 \
@@ -29,16 +28,6 @@ print(yaml.safe_load(open(sys.argv[1]))["metadata"].get("namespace", "default"))
 PY
 )
 
-step "API key Secret $NAMESPACE/$SECRET (made once, kept across runs)"
-kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-if ! kubectl -n "$NAMESPACE" get secret "$SECRET" >/dev/null 2>&1; then
-  key="sk-demo-$(python -c 'import secrets; print(secrets.token_hex(16))')"
-  printf 'keys:\n  - {name: demo, key: "%s"}\n' "$key" \
-    | kubectl -n "$NAMESPACE" create secret generic "$SECRET" --from-file=auth.yaml=/dev/stdin
-fi
-key=$(kubectl -n "$NAMESPACE" get secret "$SECRET" -o jsonpath='{.data.auth\.yaml}' | base64 -d \
-  | python -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["keys"][0]["key"])')
-
 step "helm upgrade --install relais charts/relais (namespace $NAMESPACE)"
 image_args=()
 for component in operator gateway; do
@@ -48,9 +37,17 @@ for component in operator gateway; do
   fi
 done
 # shellcheck disable=SC2086  # HELM_EXTRA_ARGS is a list of words by design
-helm upgrade --install relais charts/relais --namespace "$NAMESPACE" \
+helm upgrade --install relais charts/relais --namespace "$NAMESPACE" --create-namespace \
   --set "networkPolicy.modelNamespaces={$model_ns}" "${image_args[@]}" ${HELM_EXTRA_ARGS:-} \
   --wait --timeout 10m
+
+# With no auth values the chart generated one key at first install (kept across upgrades); with
+# auth.existingSecret (values-gke.yaml) the key is in that Secret: read the first key the gateway
+# mounts, either way.
+SECRET=$(kubectl -n "$NAMESPACE" get deploy/relais-gateway \
+  -o jsonpath='{.spec.template.spec.volumes[?(@.name=="auth")].secret.secretName}')
+key=$(kubectl -n "$NAMESPACE" get secret "$SECRET" -o jsonpath='{.data.auth\.yaml}' | base64 -d \
+  | python -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["keys"][0]["key"])')
 
 step "kubectl apply -f $EXAMPLE; waiting for Ready (the first start pulls the engine and the model)"
 kubectl apply -f "$EXAMPLE"

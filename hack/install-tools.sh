@@ -30,5 +30,6 @@ fi
 ln -sf "$(cd "$checkov_venv/bin" && pwd)/checkov" "$bin/checkov"
 
 "$bin/helm" version --short
-"$bin/kubectl" version --client=true 2>/dev/null | head -1
+# No `| head` here: under pipefail, a reader that exits early kills the writer with SIGPIPE (141).
+"$bin/kubectl" version --client=true
 "$bin/checkov" --version

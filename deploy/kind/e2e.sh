@@ -23,7 +23,8 @@ need kubectl "Run 'make install' (hack/install-tools.sh puts kubectl into .venv/
 step() { printf '\n== %s\n' "$*"; }
 
 step "kind cluster '$CLUSTER'"
-if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+# grep without -q reads all its input: `grep -q` may exit first and SIGPIPE kind (pipefail).
+if ! kind get clusters 2>/dev/null | grep -x "$CLUSTER" >/dev/null; then
   kind create cluster --name "$CLUSTER" --config deploy/kind/kind-config.yaml --wait 180s
   created=1
 fi

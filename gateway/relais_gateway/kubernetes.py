@@ -159,8 +159,15 @@ def in_cluster_access() -> KubeAccess | None:
 
 
 async def kubeconfig_access(path: str | None = None) -> KubeAccess:
-    """Access from a kubeconfig (KUBECONFIG or ~/.kube/config), resolved by kubernetes_asyncio."""
-    from kubernetes_asyncio import client, config
+    """Access from a kubeconfig (KUBECONFIG or ~/.kube/config), resolved by kubernetes_asyncio
+    (the optional `kubeconfig` extra: the gateway image runs in pods and leaves it out)."""
+    try:
+        from kubernetes_asyncio import client, config
+    except ImportError as error:
+        raise RuntimeError(
+            "no in-cluster service account, and reading a kubeconfig needs kubernetes_asyncio:"
+            " pip install 'relais[gateway,kubeconfig]'"
+        ) from error
 
     configuration = client.Configuration()
     await config.load_kube_config(config_file=path, client_configuration=configuration)

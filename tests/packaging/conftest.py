@@ -22,7 +22,7 @@ CHART = ROOT / "charts" / "relais"
 CRD = ROOT / "manifests" / "crd.yaml"
 VENV_BIN = pathlib.Path(sys.executable).parent
 CI_STATE = pathlib.Path(os.environ.get("RELAIS_CI_STATE_DIR", "/var/tmp/relais-ci"))
-CI_BASE_IMAGE = "relais-base:bookworm"
+CI_BASE_IMAGE = "relais-base:bookworm-slim"
 OPERATOR_IMAGE = os.environ.get("RELAIS_OPERATOR_IMAGE", "relais-operator:dev")
 GATEWAY_IMAGE = os.environ.get("RELAIS_GATEWAY_IMAGE", "relais-gateway:dev")
 

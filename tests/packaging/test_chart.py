@@ -3,8 +3,10 @@ RBAC and security contracts, and checkov with helm on PATH."""
 
 from __future__ import annotations
 
+import base64
 import json
 import pathlib
+import re
 from typing import Any
 
 import jsonschema
@@ -266,23 +268,49 @@ def test_config_change_restarts_pods() -> None:
     )
     tuned = checksums("--set", "auth.disabled=true", "--set", "operator.logLevel=DEBUG")
     assert keyed["gateway"] != base["gateway"]
+    # A generated key is random in every render, yet must not restart the gateway at each upgrade.
+    assert checksums()["gateway"] == checksums()["gateway"]
     assert keyed["operator"] == base["operator"]
     assert tuned["operator"] != base["operator"]
 
 
-def test_auth_secret_sources(tmp_path: pathlib.Path) -> None:
+GENERATED_KEY = re.compile(r"^sk-relais-[A-Za-z0-9]{40}$")
+
+
+def auth_of(*args: str) -> tuple[list[dict[str, Any]], str]:
+    """The rendered Secrets and the name of the Secret the gateway mounts."""
+    docs = documents(helm_template(*args).stdout)
+    volumes = workloads(docs)["gateway"]["spec"]["template"]["spec"]["volumes"]
+    secret_name: str = next(v for v in volumes if v["name"] == "auth")["secret"]["secretName"]
+    return of_kind(docs, "Secret"), secret_name
+
+
+def test_default_install_generates_one_key(tmp_path: pathlib.Path) -> None:
     from relais_gateway.config import load_auth_file  # the gateway's own parser
 
-    def auth_of(*args: str) -> tuple[list[dict[str, Any]], str]:
-        docs = documents(helm_template(*args).stdout)
-        volumes = workloads(docs)["gateway"]["spec"]["template"]["spec"]["volumes"]
-        secret_name: str = next(v for v in volumes if v["name"] == "auth")["secret"]["secretName"]
-        return of_kind(docs, "Secret"), secret_name
+    keys = []
+    for _ in range(2):
+        (secret,), name = auth_of()
+        assert secret["metadata"]["name"] == name == "relais-gateway-auth"
+        assert secret["metadata"]["annotations"]["relais.dev/generated-key"] == "true"
+        # Uninstall removes it with the release: no "keep" policy.
+        assert "helm.sh/resource-policy" not in secret["metadata"]["annotations"]
+        auth_file = tmp_path / "auth.yaml"
+        auth_file.write_bytes(base64.b64decode(secret["data"]["auth.yaml"]))
+        config = load_auth_file(auth_file)
+        assert not config.disabled
+        (key,) = config.keys
+        assert key.models is None
+        assert GENERATED_KEY.match(key.key.get_secret_value())
+        keys.append(key.key.get_secret_value())
+    # Random per install (no cluster to look up here), never a key baked into the chart.
+    assert keys[0] != keys[1]
+    assert keys[0] not in (CHART / "templates" / "gateway-secret.yaml").read_text()
 
-    # Default: no key ships with the chart; the gateway waits for the user's Secret.
-    secrets, name = auth_of()
-    assert secrets == []
-    assert name == "relais-gateway-auth"
+
+def test_auth_values_work_as_before(tmp_path: pathlib.Path) -> None:
+    from relais_gateway.config import load_auth_file
+
     secrets, name = auth_of("--set", "auth.existingSecret=my-keys")
     assert (secrets, name) == ([], "my-keys")
     for args in (
@@ -292,10 +320,13 @@ def test_auth_secret_sources(tmp_path: pathlib.Path) -> None:
         secrets, name = auth_of(*args)
         (secret,) = secrets
         assert secret["metadata"]["name"] == name == "relais-gateway-auth"
+        assert "relais.dev/generated-key" not in secret["metadata"]["annotations"]
         auth_file = tmp_path / "auth.yaml"
         auth_file.write_text(secret["stringData"]["auth.yaml"])
         config = load_auth_file(auth_file)
         assert config.disabled == ("auth.disabled=true" in args)
+        if not config.disabled:
+            assert [k.name for k in config.keys] == ["team-a", "admin"]
 
 
 def test_network_policy_selects_the_operators_model_pods() -> None:
@@ -371,7 +402,15 @@ def test_notes_tell_how_to_reach_the_gateway() -> None:
 
     assert "kubectl -n relais-system port-forward svc/relais-gateway 8000:80" in notes()
     assert "loadBalancer.ingress[0].ip" in notes("--set", "gateway.service.type=LoadBalancer")
-    assert "create secret generic relais-gateway-auth" in notes()
+    default = notes()
+    assert "generated at first install and kept across upgrades" in default
+    assert (
+        "kubectl -n relais-system get secret relais-gateway-auth -o jsonpath='{.data.auth\\.yaml}'"
+        in default
+    )
+    assert "grep -o 'sk-relais-[[:alnum:]]*'" in default
+    assert "DISABLED" in notes("--set", "auth.disabled=true")
+    assert "from Secret my-keys" in notes("--set", "auth.existingSecret=my-keys")
 
 
 # ------------------------------------------------------------------ checkov

@@ -63,3 +63,11 @@ def test_install_yaml_is_complete(scratch_repo: pathlib.Path) -> None:
     namespaced = [d for d in docs[2:] if d["kind"] not in {"ClusterRole", "ClusterRoleBinding"}]
     assert {d["metadata"]["namespace"] for d in namespaced} == {"relais-system"}
     assert len(of_kind(docs, "Deployment")) == 2
+    # No key in a public file: the gateway mounts a Secret the header tells the user to create.
+    assert not of_kind(docs, "Secret")
+    (gateway,) = [d for d in of_kind(docs, "Deployment") if "gateway" in d["metadata"]["name"]]
+    volumes = gateway["spec"]["template"]["spec"]["volumes"]
+    (auth,) = [v for v in volumes if v["name"] == "auth"]
+    assert auth["secret"]["secretName"] == "relais-gateway-auth"
+    header = (scratch_repo / "manifests" / "install.yaml").read_text().split("---", 1)[0]
+    assert "create secret generic relais-gateway-auth --from-file=auth.yaml" in header

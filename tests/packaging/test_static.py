@@ -4,6 +4,8 @@ and a build context that can never carry weights, venvs or caches into an image.
 from __future__ import annotations
 
 import fnmatch
+import pathlib
+import re
 
 import pytest
 
@@ -11,11 +13,17 @@ from tests.packaging.conftest import ROOT, require_tool, run
 
 DOCKERFILES = [ROOT / "Dockerfile.operator", ROOT / "Dockerfile.gateway"]
 SCRIPTS = [
-    ROOT / "hack" / "ci-docker.sh",
-    ROOT / "hack" / "build-images.sh",
-    ROOT / "hack" / "demo-cluster.sh",
+    *sorted((ROOT / "hack").glob("*.sh")),
     ROOT / "deploy" / "kind" / "e2e.sh",
+    ROOT / ".ci" / "run",
 ]
+# Every shell that runs under `set -o pipefail`, the Makefile's recipes included.
+PIPEFAIL_SHELL = [*SCRIPTS, *sorted((ROOT / "deploy").rglob("*.sh")), ROOT / "Makefile"]
+# A reader that can exit before its writer is done: under pipefail the writer's SIGPIPE (141)
+# fails the pipeline, at random (issue #11: `kubectl version | head -1` broke `make test`).
+EARLY_EXIT_READER = re.compile(
+    r"(?<!\|)\|\s*(head\b|grep\s+-\w*[qm]|sed\s+(-n\s+)?'?\d*q|awk\s+'[^']*\bexit\b)"
+)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -39,6 +47,28 @@ def test_dockerfile_shape(dockerfile: object) -> None:
 def test_shellcheck_clean() -> None:
     result = run(require_tool("shellcheck"), *map(str, SCRIPTS), check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "flagged"),
+    [
+        ('"$bin/kubectl" version --client=true 2>/dev/null | head -1', True),
+        ("kind get clusters | grep -qx kind", True),
+        ("docker images | sed 1q", True),
+        ("ls | awk '{print; exit}'", True),
+        ("kind get clusters | grep -x kind >/dev/null", False),
+        ("echo a || head -1 file", False),
+        ("awk '$1 == 1 {print $2; exit}' file", False),
+    ],
+)
+def test_early_exit_reader_pattern(line: str, flagged: bool) -> None:
+    assert bool(EARLY_EXIT_READER.search(line)) is flagged
+
+
+@pytest.mark.parametrize("script", PIPEFAIL_SHELL, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_pipe_into_an_early_exit_reader(script: pathlib.Path) -> None:
+    code = [line for line in script.read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert [line for line in code if EARLY_EXIT_READER.search(line)] == []
 
 
 def included(path: str, patterns: list[str]) -> bool:

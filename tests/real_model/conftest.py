@@ -1,12 +1,14 @@
 """Fixtures for the real-model tests: the assembled GGUF, llama.cpp's server, a gateway before it.
 
-Skipped (with the reason) only when llama-cpp-python or the Gemma package is not installed.
+Skipped (with the reason) only when llama-cpp-python or the Gemma package is not installed, and
+failed instead under `make test` (RELAIS_REQUIRE_REAL_MODEL=1), which installs both.
 Everything is module-scoped: the model loads once for all tests in a module.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,8 @@ def _missing_tools() -> str | None:
 @pytest.fixture(scope="module")
 def gguf() -> Path:
     reason = _missing_tools()
+    if reason is not None and os.environ.get("RELAIS_REQUIRE_REAL_MODEL") == "1":
+        pytest.fail(f"RELAIS_REQUIRE_REAL_MODEL=1 but {reason}")
     if reason is not None:
         pytest.skip(reason)
     return servers.gemma_model()

@@ -134,12 +134,33 @@ seccompProfile:
 {{- end }}
 {{- end }}
 
-{{/* Whether the chart renders the auth Secret itself (from auth.keys or auth.disabled). With
-     none of the three set, the gateway mounts "<fullname>-gateway-auth", which the user creates
-     (`kubectl create secret generic ... --from-file=auth.yaml`): a default install never ships a
-     known key and never serves without keys; the pod waits in ContainerCreating until then. */}}
+{{/* Whether the chart renders the auth Secret from values (auth.keys or auth.disabled). */}}
 {{- define "relais.authRendered" -}}
 {{- if and (not .Values.auth.existingSecret) (or .Values.auth.keys .Values.auth.disabled) }}true{{ end }}
+{{- end }}
+
+{{/* Whether none of the three auth values is set: the chart then generates one API key. */}}
+{{- define "relais.authGenerated" -}}
+{{- if not (or .Values.auth.existingSecret .Values.auth.keys .Values.auth.disabled) }}true{{ end }}
+{{- end }}
+
+{{/* With no auth values set, what to do about Secret "<fullname>-gateway-auth", judged from the
+     cluster by lookup (`helm template` and --dry-run=client see no cluster: always "generate"):
+     "keep"     the chart generated it before: render it again with the same key (upgrades);
+     "foreign"  someone else made it (by hand, before the chart generated keys): leave it alone;
+     "generate" none yet, or one from earlier auth.keys/auth.disabled values: a new random key. */}}
+{{- define "relais.authGeneration" -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "relais.authSecretName" .) }}
+{{- if not $secret }}generate
+{{- else if and (eq (dig "metadata" "annotations" "relais.dev/generated-key" "" $secret) "true") (hasKey ($secret.data | default dict) "auth.yaml") }}keep
+{{- else if eq (dig "metadata" "annotations" "meta.helm.sh/release-name" "" $secret) .Release.Name }}generate
+{{- else }}foreign
+{{- end }}
+{{- end }}
+
+{{/* A fresh auth.yaml with one random key, in the gateway's format (AuthConfig: keys: [...]). */}}
+{{- define "relais.generatedAuthYaml" -}}
+{{- toYaml (dict "keys" (list (dict "name" "default" "key" (printf "sk-relais-%s" (randAlphaNum 40))))) }}
 {{- end }}
 
 {{/* checkov renders charts without --namespace, so every namespaced object lands in "default"
