@@ -70,7 +70,10 @@ def triples(group: str, resources: list[str], verbs: list[str]) -> set[tuple[str
 OPERATOR_NAMESPACED_RULES = (
     triples("relais.dev", ["llmdeployments"], ["get", "list", "watch", "patch"])
     | triples("relais.dev", ["llmdeployments/status"], ["get", "patch"])
-    | triples("apps", ["statefulsets"], ["get", "list", "watch", "create", "patch"])
+    # delete: a StatefulSet whose immutable fields changed is re-created; a download Job whose
+    # model changed (its pod template is immutable) is replaced.
+    | triples("apps", ["statefulsets"], ["get", "list", "watch", "create", "patch", "delete"])
+    | triples("batch", ["jobs"], ["get", "list", "watch", "create", "patch", "delete"])
     | triples(
         "", ["services", "persistentvolumeclaims"], ["get", "list", "watch", "create", "patch"]
     )
@@ -80,8 +83,11 @@ OPERATOR_NAMESPACED_RULES = (
 OPERATOR_CLUSTER_RULES = triples("", ["namespaces"], ["list", "watch"]) | triples(
     "apiextensions.k8s.io", ["customresourcedefinitions"], ["list", "watch"]
 )
-GATEWAY_RULES = triples("relais.dev", ["llmdeployments"], ["get", "list", "watch"]) | triples(
-    "discovery.k8s.io", ["endpointslices"], ["list", "watch"]
+GATEWAY_RULES = (
+    triples("relais.dev", ["llmdeployments"], ["get", "list", "watch"])
+    | triples("discovery.k8s.io", ["endpointslices"], ["list", "watch"])
+    # A request for a model scaled to zero asks for its first replica (issue #8).
+    | triples("relais.dev", ["llmdeployments/scale"], ["patch"])
 )
 
 
@@ -174,7 +180,8 @@ def test_operator_rbac_cluster_wide() -> None:
         r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"] == "relais-operator"
     ]
     assert rules(role) == OPERATOR_NAMESPACED_RULES | OPERATOR_CLUSTER_RULES
-    assert not any(verb == "delete" for _, _, verb in rules(role))
+    deletes = {resource for _, resource, verb in rules(role) if verb == "delete"}
+    assert deletes == {"statefulsets", "jobs"}  # the rest is the garbage collector's job
     (binding,) = [
         b for b in of_kind(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == "relais-operator"
     ]
@@ -184,7 +191,7 @@ def test_operator_rbac_cluster_wide() -> None:
     assert not of_kind(docs, "Role")
 
 
-def test_gateway_rbac_is_read_only() -> None:
+def test_gateway_rbac_reads_and_scales_from_zero_only() -> None:
     docs = documents(helm_template().stdout)
     (role,) = [r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"] == "relais-gateway"]
     assert rules(role) == GATEWAY_RULES
