@@ -44,7 +44,9 @@ typecheck: $(VENV)/.installed ## mypy --strict
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed ## only the pure unit tests (no processes, no docker)
-	$(BIN)/pytest -q tests/operator/test_resources.py tests/operator/test_status.py tests/operator/test_crd.py tests/gateway/test_units.py
+	$(BIN)/pytest -q tests/operator/test_resources.py tests/operator/test_status.py \
+		tests/operator/test_crd.py tests/operator/test_api.py tests/gateway/test_units.py \
+		tests/gateway/test_routing.py tests/gateway/test_translate.py tests/sim/test_world.py
 
 # RELAIS_REQUIRE_REAL_MODEL=1: the real-model tests fail, not skip, if the llm extra is missing.
 test: install lint typecheck ## install everything, lint, typecheck and run every test
@@ -67,6 +69,8 @@ e2e-kind: $(VENV)/.installed ## kind end-to-end: cluster, images, helm install, 
 
 bench: $(VENV)/.installed ## run the benchmarks (figures printed side by side)
 	$(PY) benchmarks/gateway_overhead.py --reference
+	$(PY) benchmarks/routing.py
+	$(PY) benchmarks/autoscale.py
 	$(PY) benchmarks/operator_scale.py
 
 clean: ## remove the virtualenv and caches
