@@ -122,7 +122,7 @@ def test_gateway_image_serves_a_chat_request(gateway_container: tuple[str, FakeE
     )
     assert answer.choices[0].message.content
     (received,) = fake.requests_sync()
-    assert received["path"] == "/api/chat"
+    assert received["path"] == "/v1/chat/completions"  # forwarded to Ollama's OpenAI routes
     assert received["json"]["model"] == "fake-model"
     assert received["json"]["messages"] == [{"role": "user", "content": "hello"}]
     with pytest.raises(openai.AuthenticationError):
