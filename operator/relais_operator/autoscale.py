@@ -245,6 +245,6 @@ def _up_reason(policy: Policy, demand: float, target: int) -> str:
 def _down_reason(policy: Policy, demand: float, desired: int) -> str:
     delay = f"{policy.scale_down_delay_s:g}s"
     return (
-        f"demand {demand:.2f} requests, target {policy.target_requests} per replica,"
-        f" called for {desired} replica(s) or fewer for {delay}"
+        f"demand {demand:.2f} requests, target {policy.target_requests} per replica;"
+        f" {desired} replica(s) were enough for the last {delay}"
     )

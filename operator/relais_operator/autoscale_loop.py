@@ -224,9 +224,8 @@ def start(
         )
         return None
     autoscaler = Autoscaler(settings, kube, index, publish, views)
-    log.info(
-        "autoscaler on: gateway %s, every %gs", settings.gateway_service, settings.autoscale_interval_s
-    )
+    every = settings.autoscale_interval_s
+    log.info("autoscaler on: gateway %s, every %gs", settings.gateway_service, every)
     return asyncio.create_task(autoscaler.run(), name="relais-autoscaler")
 
 

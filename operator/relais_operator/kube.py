@@ -7,6 +7,9 @@ catches removals a subset comparison cannot see (a dropped nodeSelector key). Wh
 cannot change in place is re-created: a StatefulSet's immutable fields (its pods orphaned and
 re-adopted), a download Job's pod template (unless the Job has already succeeded).
 
+The autoscaler's calls (`endpoint_slices`, `scale`, `post_event`) raise plain `ApiError`s: its
+loop, not kopf, decides what a failure means (a skipped tick).
+
 Client: one pooled aiohttp session with the credentials kopf's own login finds (in-cluster
 service account, else the kubeconfig), so the operator authenticates exactly as its watches do.
 Plain dicts in and out: no client-library models (kubernetes_asyncio would cost ~70 MB of
@@ -19,6 +22,7 @@ import datetime
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -366,10 +370,12 @@ class Kube:
         """Record a core/v1 Event about an object (its apiVersion, kind and metadata)."""
         meta = involved["metadata"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Named like client-go's recorder does: `<object>.<nanoseconds in hex>`.
+        name = f"{meta['name']}.{time.time_ns():x}"
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {"name": name, "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": involved["apiVersion"],
                 "kind": involved["kind"],

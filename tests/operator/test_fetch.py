@@ -116,7 +116,8 @@ echo "$@" >> "{log}"
 case "$1" in
   serve) trap 'echo stopped >> "{log}"; exit 0' TERM; while :; do sleep 0.1; done ;;
   list) [ -f "{up}" ] ;;
-  show) printf '  Model\\n    architecture    qwen2\\n\\n  Capabilities\\n    {capability}    \\n\\n' ;;
+  show) printf '  Model\\n    architecture    qwen2\\n\\n' &&
+        printf '  Capabilities\\n    {capability}    \\n\\n' ;;
   run) [ -f "{loaded}" ] && [ ! -f "{ready}" ] || exit 1 ;;
 esac
 """
