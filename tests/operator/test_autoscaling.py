@@ -184,7 +184,7 @@ async def test_demand_scales_up_then_to_zero_after_the_delay(
 
     async def sts_follows() -> bool:
         sts = await api.get(f"{STS_PATH}/qwen") or {}
-        return sts.get("spec", {}).get("replicas") == 3
+        return bool(sts.get("spec", {}).get("replicas") == 3)
 
     await eventually(sts_follows, what="the StatefulSet at 3 replicas")
 
