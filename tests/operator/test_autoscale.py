@@ -242,3 +242,20 @@ def test_invariants_hold_whatever_the_demand(
             assert now - since_down_blocker >= policy.scale_down_delay_s
         if not complete or after > before:
             since_down_blocker = now
+
+
+def test_parser_reads_the_real_gateways_page() -> None:
+    """The contract with the gateway: its own /metrics text, as it renders it."""
+    from prometheus_client import generate_latest
+    from relais_gateway.admission import Admission
+    from relais_gateway.balancer import Balancer
+    from relais_gateway.metrics import Metrics
+
+    balancer, admission = Balancer(cooldown_s=1), Admission(10, 1, 1)
+    metrics = Metrics(balancer, admission)
+    assert parse_demand(generate_latest(metrics.registry).decode()) == {}  # no request yet
+    balancer.inflight_by_model.update({"qwen": 3, 'a "b"': 1})
+    balancer.inflight_by_replica["http://10.0.0.1:11434"] = 3
+    admission.waiting["qwen"] = 2
+    page = generate_latest(metrics.registry).decode()
+    assert parse_demand(page) == {"qwen": 5.0, 'a "b"': 1.0}
