@@ -76,6 +76,8 @@ def autoscaled(bodies: Iterable[Mapping[str, Any]]) -> list[Autoscaled]:
     """The valid, live resources that ask for autoscaling, in namespace/name order."""
     found = []
     for body in bodies:
+        if not (body.get("spec") or {}).get("autoscaling"):
+            continue  # most resources: no need to parse them
         if body.get("metadata", {}).get("deletionTimestamp"):
             continue
         try:
@@ -116,6 +118,9 @@ class Autoscaler:
         self._interval = settings.autoscale_interval_s
         self._kube, self._index, self._publish, self._views = kube, index, publish, views
         self._recommenders: dict[Key, autoscale.Recommender] = {}
+        # The resourceVersion each resource had when we last scaled it: while the index still
+        # shows that version, our write has not come back through the watch yet.
+        self._scaled_from: dict[Key, str] = {}
         self._clock = asyncio.get_running_loop().time
         self.started_at = self._clock()
 
@@ -160,6 +165,7 @@ class Autoscaler:
         for key in set(self._recommenders) - keys:
             del self._recommenders[key]
             self._views.pop(key, None)
+            self._scaled_from.pop(key, None)
 
     def _recommender(self, key: Key) -> autoscale.Recommender:
         if key not in self._recommenders:
@@ -168,6 +174,8 @@ class Autoscaler:
         return self._recommenders[key]
 
     async def _scale(self, target: Autoscaled, demand: float, complete: bool) -> None:
+        if self._scaled_from.get(target.key) == _version(target.body):
+            return  # the index has not seen our last write yet: decide on the next tick
         current = target.llm.spec.replicas
         decision = self._recommender(target.key).update(
             target.policy,
@@ -191,16 +199,21 @@ class Autoscaler:
 
     async def _write(self, target: Autoscaled, decision: autoscale.Decision) -> bool:
         namespace, name = target.key
-        version = str(target.body.get("metadata", {}).get("resourceVersion") or "")
+        version = _version(target.body)
         if not await self._kube.scale(namespace, name, decision.desired, version):
             log.info("autoscaler: %s/%s changed meanwhile; not scaled this tick", namespace, name)
             return False
+        self._scaled_from[target.key] = version
         up = decision.desired > decision.current
         message = f"{decision.current} -> {decision.desired} replicas: {decision.reason}"
         log.info("autoscaler: %s/%s %s", namespace, name, message)
         with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
             await self._kube.post_event(target.body, "ScaledUp" if up else "ScaledDown", message)
         return True
+
+
+def _version(body: Mapping[str, Any]) -> str:
+    return str(body.get("metadata", {}).get("resourceVersion") or "")
 
 
 def _shown(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -267,3 +267,4 @@ async def forget(type: str, namespace: str | None, name: str, memo: Any, **_: An
     if type == "DELETED":
         memo.written.pop((namespace, name), None)
         memo.locks.pop((namespace, name), None)
+        memo.unscaled.discard((namespace, name))

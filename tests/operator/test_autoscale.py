@@ -259,3 +259,46 @@ def test_parser_reads_the_real_gateways_page() -> None:
     admission.waiting["qwen"] = 2
     page = generate_latest(metrics.registry).decode()
     assert parse_demand(page) == {"qwen": 5.0, 'a "b"': 1.0}
+
+
+def test_the_gateway_service_setting() -> None:
+    from pydantic import ValidationError
+    from relais_operator.settings import OperatorSettings
+
+    assert OperatorSettings().gateway is None  # off by default
+    assert OperatorSettings(gateway_service="relais/relais-gateway").gateway == (
+        "relais",
+        "relais-gateway",
+    )
+    assert OperatorSettings().autoscale_interval_s == 5
+    for bad in ("relais-gateway", "/x", "a/", "a/b/c"):
+        with pytest.raises(ValidationError, match="namespace/name"):
+            OperatorSettings(gateway_service=bad)
+
+
+def _body(name: str, spec: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def test_demand_goes_to_the_resource_the_gateway_routes_to() -> None:
+    from relais_operator.autoscale_loop import autoscaled, demand_of
+
+    scaling = {"maxReplicas": 2}
+    bodies = [
+        _body("b", {"engine": "ollama", "model": "m", "autoscaling": scaling}),
+        _body("a", {"engine": "ollama", "model": "m", "autoscaling": scaling}),  # same name
+        _body(
+            "c", {"engine": "ollama", "model": "x", "servedModelName": "n", "autoscaling": scaling}
+        ),
+        _body("fixed", {"engine": "ollama", "model": "m"}),  # no autoscaling: not ours
+        _body("bad", {"engine": "ollama", "model": "has space", "autoscaling": scaling}),
+    ]
+    targets = autoscaled(bodies)
+    assert [target.key for target in targets] == [
+        ("default", "a"),
+        ("default", "b"),
+        ("default", "c"),
+    ]
+    demand = demand_of(targets, {"m": 7.0, "n": 2.0, "x": 100.0})
+    # Two resources serving one name: the first (namespace/name order) gets it, as routed.
+    assert demand == {("default", "a"): 7.0, ("default", "b"): 0.0, ("default", "c"): 2.0}
