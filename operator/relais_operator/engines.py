@@ -89,38 +89,41 @@ kill "$server"; wait "$server" || true
 
 # Ollama loads a model on its first request, so an answering server is not a ready replica: this
 # start path serves, loads the model (`ollama run MODEL ""` sends an empty generate request, which
-# only loads it; OLLAMA_KEEP_ALIVE=-1 keeps it loaded), then marks the replica ready. Models
-# without the completion capability (embedding models) cannot be loaded that way from the CLI:
-# they are marked ready at once and load on their first request. SIGTERM goes to the server.
+# only loads it; OLLAMA_KEEP_ALIVE=-1 keeps it loaded), then marks the replica ready. A failed load
+# never marks it: the container stops with an error (the kubelet restarts it, with back-off).
+# Models without the completion capability (embedding models) cannot be loaded that way from the
+# CLI: they are marked ready at once and load on their first request. SIGTERM goes to the server.
 OLLAMA_READY_FILE = f"{TMP}/relais-model-loaded"
 _OLLAMA_SERVE = f"""set -u
 model=$1; shift
 ready={OLLAMA_READY_FILE}
-rm -f "$ready"
+failed={OLLAMA_READY_FILE}.failed
+rm -f "$ready" "$failed"
 /bin/ollama serve "$@" &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null' TERM INT
-(
+warm_up() {{
   until /bin/ollama list >/dev/null 2>&1; do sleep 1; done
   if ! info=$(/bin/ollama show "$model"); then
-    echo "relais: $model is not in the cache; not ready" >&2; exit 1
+    echo "relais: $model is not in the cache" >&2; return 1
   fi
-  if printf '%s\\n' "$info" | grep -Eq '^[[:space:]]+completion[[:space:]]*$'; then
-    if ! /bin/ollama run "$model" "" </dev/null >/dev/null; then
-      echo "relais: loading $model failed; not ready" >&2; exit 1
-    fi
+  if ! printf '%s\\n' "$info" | grep -Eq '^[[:space:]]+completion[[:space:]]*$'; then
+    echo "relais: $model has no completion capability; it loads on its first request"
+  elif /bin/ollama run "$model" "" </dev/null >/dev/null; then
     echo "relais: $model is loaded"
   else
-    echo "relais: $model has no completion capability; it loads on its first request"
+    echo "relais: loading $model failed" >&2; return 1
   fi
   touch "$ready"
-) &
+}}
+(warm_up || {{ touch "$failed"; echo "relais: not ready; stopping" >&2; kill -TERM "$server"; }}) &
 warmup=$!
 while :; do
   wait "$server"; code=$?
   kill -0 "$server" 2>/dev/null || break
 done
 kill "$warmup" 2>/dev/null
+[ ! -f "$failed" ] || exit 1
 exit "$code"
 """
 
