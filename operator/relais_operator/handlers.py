@@ -1,8 +1,10 @@
 """kopf registrations: startup, one `reconcile`, and the child watches that keep status true.
 
 Thin by design: parse the body (spec.py), build the children (resources.py), apply them
-(kube.py), compute and publish the status (status.py). Importing this module registers the
-handlers, so `kopf run -m relais_operator.handlers` works as well as `relais-operator`.
+(kube.py), compute and publish the status (status.py). Startup also starts the autoscaler's
+loop (autoscale_loop.py), which publishes status.autoscaling through the same `_publish`.
+Importing this module registers the handlers, so `kopf run -m relais_operator.handlers` works
+as well as `relais-operator`.
 """
 
 from __future__ import annotations
