@@ -121,6 +121,7 @@ class Autoscaler:
         # The resourceVersion each resource had when we last scaled it: while the index still
         # shows that version, our write has not come back through the watch yet.
         self._scaled_from: dict[Key, str] = {}
+        self._no_gateway = False
         self._clock = asyncio.get_running_loop().time
         self.started_at = self._clock()
 
@@ -147,7 +148,14 @@ class Autoscaler:
         reading = await self._read_gateways(session)
         demand = demand_of(targets, reading.demand)
         for target in targets:
-            await self._scale(target, demand[target.key], reading.complete)
+            try:
+                await self._scale(target, demand[target.key], reading.complete)
+            except (
+                ApiError,
+                aiohttp.ClientError,
+                TimeoutError,
+            ) as exc:  # e.g. RBAC: the others go on
+                log.warning("autoscaler: cannot scale %s/%s: %r", *target.key, exc)
 
     async def _read_gateways(self, session: aiohttp.ClientSession) -> Scrape:
         namespace, service = self._gateway
@@ -157,8 +165,9 @@ class Autoscaler:
             log.warning("autoscaler: cannot list the gateway's endpoints: %r", exc)
             return Scrape({}, complete=False)
         urls = autoscale.gateway_urls(slices, namespace, service)
-        if not urls:
+        if not urls and not self._no_gateway:  # said once, not every tick
             log.warning("autoscaler: gateway %s/%s has no ready endpoint", namespace, service)
+        self._no_gateway = not urls
         return await scrape(session, urls)
 
     def _forget(self, keys: set[Key]) -> None:
