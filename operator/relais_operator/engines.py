@@ -42,6 +42,9 @@ class Engine:
     # Environment of the server only when it reads a shared cache mounted read-only.
     read_only_cache_env: Mapping[str, str] = field(default_factory=dict)
     needs_shm: bool = False
+    # A file the server's start path creates once the model is loaded: the startup probe waits
+    # for it (engines that load the model lazily); None: the startup probe is the health check.
+    ready_file: str | None = None
     # Whether the engine writes only to its volumes (/tmp, the cache), so the root fs can be RO.
     read_only_root: bool = True
 
@@ -84,6 +87,46 @@ kill "$server"; wait "$server" || true
     return ["/bin/sh", "-c", script]
 
 
+# Ollama loads a model on its first request, so an answering server is not a ready replica: this
+# start path serves, loads the model (`ollama run MODEL ""` sends an empty generate request, which
+# only loads it; OLLAMA_KEEP_ALIVE=-1 keeps it loaded), then marks the replica ready. A failed load
+# never marks it: the container stops with an error (the kubelet restarts it, with back-off).
+# Models without the completion capability (embedding models) cannot be loaded that way from the
+# CLI: they are marked ready at once and load on their first request. SIGTERM goes to the server.
+OLLAMA_READY_FILE = f"{TMP}/relais-model-loaded"
+_OLLAMA_SERVE = f"""set -u
+model=$1; shift
+ready={OLLAMA_READY_FILE}
+failed={OLLAMA_READY_FILE}.failed
+rm -f "$ready" "$failed"
+/bin/ollama serve "$@" &
+server=$!
+trap 'kill -TERM "$server" 2>/dev/null' TERM INT
+warm_up() {{
+  until /bin/ollama list >/dev/null 2>&1; do sleep 1; done
+  if ! info=$(/bin/ollama show "$model"); then
+    echo "relais: $model is not in the cache" >&2; return 1
+  fi
+  if ! printf '%s\\n' "$info" | grep -Eq '^[[:space:]]+completion[[:space:]]*$'; then
+    echo "relais: $model has no completion capability; it loads on its first request"
+  elif /bin/ollama run "$model" "" </dev/null >/dev/null; then
+    echo "relais: $model is loaded"
+  else
+    echo "relais: loading $model failed" >&2; return 1
+  fi
+  touch "$ready"
+}}
+(warm_up || {{ touch "$failed"; echo "relais: not ready; stopping" >&2; kill -TERM "$server"; }}) &
+warmup=$!
+while :; do
+  wait "$server"; code=$?
+  kill -0 "$server" 2>/dev/null || break
+done
+kill "$warmup" 2>/dev/null
+[ ! -f "$failed" ] || exit 1
+exit "$code"
+"""
+
 OLLAMA = Engine(
     name="ollama",
     image=OLLAMA_IMAGE,
@@ -92,12 +135,14 @@ OLLAMA = Engine(
     cache_path="/models",
     cache_env={"OLLAMA_MODELS": "/models", "HOME": TMP},
     serve_env={"OLLAMA_HOST": "0.0.0.0:11434", "OLLAMA_KEEP_ALIVE": "-1"},
-    command=("/bin/ollama",),
-    args=lambda spec: ["serve", *spec.args],
+    command=("/bin/sh", "-c", _OLLAMA_SERVE, "relais-ollama-serve"),
+    # The script's arguments: the model, then spec.args for `ollama serve`.
+    args=lambda spec: [spec.model, *spec.args],
     fetch_command=_ollama_fetch,
     managed_flags=frozenset(),
     # At start Ollama deletes blobs no manifest uses: never on a cache it may only read.
     read_only_cache_env={"OLLAMA_NOPRUNE": "1"},
+    ready_file=OLLAMA_READY_FILE,
 )
 
 

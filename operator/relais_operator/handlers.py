@@ -1,23 +1,28 @@
 """kopf registrations: startup, one `reconcile`, and the child watches that keep status true.
 
 Thin by design: parse the body (spec.py), build the children (resources.py), apply them
-(kube.py), compute and publish the status (status.py). Importing this module registers the
-handlers, so `kopf run -m relais_operator.handlers` works as well as `relais-operator`.
+(kube.py), compute and publish the status (status.py). Startup also starts the autoscaler's
+loop (autoscale_loop.py), which publishes status.autoscaling through the same `_publish`.
+Importing this module registers the handlers, so `kopf run -m relais_operator.handlers` works
+as well as `relais-operator`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from relais_operator import resources, status
+from relais_operator import autoscale_loop, resources, status
 from relais_operator.kube import Kube
 from relais_operator.settings import OperatorSettings, configure_kopf
 from relais_operator.spec import GROUP, PLURAL, VERSION, InvalidSpecError, LLMDeployment
+
+log = logging.getLogger(__name__)
 
 LLMD = (GROUP, VERSION, PLURAL)
 CHILD: dict[str, Any] = {resources.LABEL: kopf.PRESENT}
@@ -26,18 +31,28 @@ Key = tuple[str, str]
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    """Load our settings once (main.py may have done it), tune kopf, open the API client."""
+async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) -> None:
+    """Load our settings once (main.py may have done it), tune kopf, open the API client,
+    start the autoscaler (one loop for every resource; off without a gateway Service)."""
     ours = memo.get("settings") or OperatorSettings()
     memo.settings = ours
     configure_kopf(settings, ours)
     memo.kube = await Kube.connect(settings)
     memo.written = {}  # (namespace, name) -> the status this operator wrote last
     memo.locks = collections.defaultdict(asyncio.Lock)
+    memo.autoscaling = {}  # (namespace, name) -> status.autoscaling, the autoscaler's view
+    memo.unscaled = set()  # resources told that the autoscaler is off
+
+    async def publish(key: Key) -> None:
+        await _refresh(key, memo, indexes, reapply=False)
+
+    index = indexes["llmdeployments"]
+    memo.autoscaler = autoscale_loop.start(ours, memo.kube, index, publish, memo.autoscaling)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
+    await autoscale_loop.stop(memo.get("autoscaler"))
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -95,11 +110,25 @@ async def pods(
 async def reconcile(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     """Parse, build, apply, publish status. A no-op when everything already matches."""
     llm = await _parse_or_report(body, memo)
+    _note_unscaled(llm, memo)
     workload, fetch = await _apply_children(llm, memo)
     await _delete_superseded_jobs(llm, kwargs["fetch_jobs"], memo)
     pod_states = _pods_of(kwargs["pods"], llm)
     fetch = status.with_pod_problems(fetch, _fetch_pods_of(kwargs["fetch_pods"], llm))
     await _publish(llm, body.get("status") or {}, workload, pod_states, fetch, memo)
+
+
+def _note_unscaled(llm: LLMDeployment, memo: Any) -> None:
+    """Say once per resource that spec.autoscaling is not acted on (no gateway Service set)."""
+    key = (llm.namespace, llm.name)
+    if llm.spec.autoscaling is None or memo.autoscaler is not None or key in memo.unscaled:
+        return
+    memo.unscaled.add(key)
+    log.warning(
+        "%s/%s asks for autoscaling, but RELAIS_OPERATOR_GATEWAY_SERVICE is not set: its"
+        " spec.replicas stays as written",
+        *key,
+    )
 
 
 async def _apply_children(
@@ -155,8 +184,9 @@ async def _publish(
     key = (llm.namespace, llm.name)
     async with memo.locks[key]:
         previous = memo.written.get(key) or shown
+        view = memo.autoscaling.get(key)
         new = status.compute(
-            llm, memo.settings, workload, pod_states, previous, status.now(), fetch=fetch
+            llm, memo.settings, workload, pod_states, previous, status.now(), fetch, view
         )
         if status.needs_update(previous, new):
             await memo.kube.patch_status(llm.namespace, llm.name, new)
@@ -239,3 +269,4 @@ async def forget(type: str, namespace: str | None, name: str, memo: Any, **_: An
     if type == "DELETED":
         memo.written.pop((namespace, name), None)
         memo.locks.pop((namespace, name), None)
+        memo.unscaled.discard((namespace, name))

@@ -7,6 +7,9 @@ catches removals a subset comparison cannot see (a dropped nodeSelector key). Wh
 cannot change in place is re-created: a StatefulSet's immutable fields (its pods orphaned and
 re-adopted), a download Job's pod template (unless the Job has already succeeded).
 
+The autoscaler's calls (`endpoint_slices`, `scale`, `post_event`) raise plain `ApiError`s: its
+loop, not kopf, decides what a failure means (a skipped tick).
+
 Client: one pooled aiohttp session with the credentials kopf's own login finds (in-cluster
 service account, else the kubeconfig), so the operator authenticates exactly as its watches do.
 Plain dicts in and out: no client-library models (kubernetes_asyncio would cost ~70 MB of
@@ -15,9 +18,11 @@ model classes and a (de)serialisation per object).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -246,13 +251,19 @@ class Kube:
             await self._session.close()
 
     async def _call(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: Mapping[str, str] | None = None,
     ) -> Obj:
         assert self._session is not None, "connect() first"
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else {}
         url = f"{self._server}{path}"
-        async with self._session.request(method, url, data=data, headers=headers) as resp:
+        request = self._session.request(method, url, data=data, headers=headers, params=params)
+        async with request as resp:
             payload = await resp.json(content_type=None) if resp.content_length != 0 else {}
             if resp.status == 401:
                 await self._login()
@@ -330,3 +341,57 @@ class Kube:
             except ApiError as exc:
                 if exc.status != 404:
                     raise
+
+    # --- the autoscaler's calls: plain ApiErrors, the loop decides what a failure means -------
+
+    async def endpoint_slices(self, namespace: str, service: str) -> list[Obj]:
+        """The EndpointSlices of a Service (the caller filters them again by their label)."""
+        path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+        selector = {"labelSelector": f"kubernetes.io/service-name={service}"}
+        found = await self._call("GET", path, params=selector)
+        return [item for item in found.get("items") or [] if isinstance(item, dict)]
+
+    async def scale(self, namespace: str, name: str, replicas: int, resource_version: str) -> bool:
+        """Set an LLMDeployment's spec.replicas through its scale subresource, only if the
+        object is still at `resource_version`; False when it moved on (409) or is gone (404)."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/scale"
+        body = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": replicas}}
+        try:
+            await self._call("PATCH", path, body, "application/merge-patch+json")
+        except ApiError as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def post_event(
+        self, involved: Mapping[str, Any], reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        """Record a core/v1 Event about an object (its apiVersion, kind and metadata)."""
+        meta = involved["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Named like client-go's recorder does: `<object>.<nanoseconds in hex>`.
+        name = f"{meta['name']}.{time.time_ns():x}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": "relais-operator"},
+            "reportingComponent": "relais.dev/operator",
+            "reportingInstance": "relais-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body)

@@ -240,6 +240,22 @@ def _probe(engine: Engine, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def _startup_probe(engine: Engine, settings: OperatorSettings) -> dict[str, Any]:
+    """Model load can take long: the startup probe allows it (readiness then gates traffic).
+
+    An engine that loads its model lazily marks the end of its warm-up with a file instead.
+    """
+    failures = max(1, settings.startup_timeout_seconds // 10)
+    if engine.ready_file is None:
+        return _probe(engine, 10, failures)
+    return {
+        "exec": {"command": ["test", "-f", engine.ready_file]},
+        "periodSeconds": 10,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
 def _server_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
     engine = engine_of(llm)
     shared = llm.spec.storage.shared
@@ -251,8 +267,7 @@ def _server_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[st
         "args": engine.args(llm.spec),
         "env": _env(env) + _user_env(llm),
         "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
-        # Model load can take long: the startup probe allows it; readiness then gates traffic.
-        "startupProbe": _probe(engine, 10, max(1, settings.startup_timeout_seconds // 10)),
+        "startupProbe": _startup_probe(engine, settings),
         "readinessProbe": _probe(engine, 10, 3),
         "livenessProbe": _probe(engine, 30, 5),
         "volumeMounts": _mounts(engine, read_only=shared),

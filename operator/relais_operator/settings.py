@@ -39,6 +39,11 @@ class OperatorSettings(BaseSettings):
     fetch_timeout_seconds: int = Field(default=21600, ge=60)
     # UID/GID the model servers and the fetch step run as (the cache volume is chowned via fsGroup).
     run_as_user: int = Field(default=1000, ge=1)
+    # The gateway Service ("namespace/name") whose replicas' /metrics drive the autoscaler; the
+    # chart sets it. Empty: no autoscaling (resources with spec.autoscaling keep their replicas).
+    gateway_service: str = ""
+    # Seconds between two reads of the gateways' metrics (and autoscaling decisions).
+    autoscale_interval_s: float = Field(default=5.0, gt=0, le=300)
     # Watch CustomResourceDefinitions (needs list/watch on them); off = scan the API once at start.
     watch_crds: bool = True
     log_level: str = "INFO"
@@ -49,6 +54,23 @@ class OperatorSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("gateway_service")
+    @classmethod
+    def _namespaced_name(cls, value: str) -> str:
+        value = value.strip()
+        namespace, sep, name = value.partition("/")
+        if value and (not sep or not namespace or not name or "/" in name):
+            raise ValueError(f"expected namespace/name (or empty), got {value!r}")
+        return value
+
+    @property
+    def gateway(self) -> tuple[str, str] | None:
+        """(namespace, name) of the gateway Service, or None when the autoscaler is off."""
+        if not self.gateway_service:
+            return None
+        namespace, _, name = self.gateway_service.partition("/")
+        return namespace, name
 
     def image_for(self, engine: str) -> str:
         """The configured image override for an engine, or '' for the engine table's default."""

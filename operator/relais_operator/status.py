@@ -294,15 +294,17 @@ def compute(
     previous: Mapping[str, Any],
     now: str,
     fetch: JobState | None = None,
+    autoscaling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole status of a valid LLMDeployment (`fetch`: a shared cache's download Job)."""
+    """The whole status of a valid LLMDeployment (`fetch`: a shared cache's download Job;
+    `autoscaling`: the autoscaler's view, shown while spec.autoscaling is set)."""
     old = previous.get("conditions") or []
     shared = llm.spec.storage.shared
     phase, ready, reason, message = _readiness(llm.spec.replicas, workload, pods, fetch, shared)
     cache = _shared_cache(llm, fetch) if shared else _cache(workload, pods)
     cache_status, cache_reason, cache_message = cache
     gen = llm.generation
-    return {
+    result = {
         "phase": phase,
         "conditions": [
             condition(READY, ready, reason, message, gen, old, now),
@@ -316,6 +318,11 @@ def compute(
         "engine": llm.spec.engine,
         "observedGeneration": gen,
     }
+    if llm.spec.autoscaling is not None and autoscaling is not None:
+        result["autoscaling"] = dict(autoscaling)
+    elif llm.spec.autoscaling is None and previous.get("autoscaling") is not None:
+        result["autoscaling"] = None  # autoscaling turned off: a merge patch removes the view
+    return result
 
 
 def invalid(message: str, generation: int, previous: Mapping[str, Any], now: str) -> dict[str, Any]:

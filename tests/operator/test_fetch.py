@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 import pytest
 from relais_operator.engines import OLLAMA, TGI, VLLM, Engine, ollama_manifest_path
@@ -104,3 +107,127 @@ def test_each_hf_engine_runs_the_step_with_its_own_python() -> None:
     assert VLLM.fetch_command(spec)[0] == "python3"  # the vLLM image has no `python`
     assert TGI.fetch_command(spec)[0] == "python"
     assert VLLM.fetch_command(spec)[1:] == TGI.fetch_command(spec)[1:]  # one script
+
+
+# --- Ollama's start path: serve, load the model, then (only then) mark the replica ready -----
+
+FAKE_OLLAMA_SERVER = """#!/bin/sh
+echo "$@" >> "{log}"
+case "$1" in
+  serve) trap 'echo stopped >> "{log}"; exit 0' TERM; while :; do sleep 0.1; done ;;
+  list) [ -f "{up}" ] ;;
+  show) printf '  Model\\n    architecture    qwen2\\n\\n' &&
+        printf '  Capabilities\\n    {capability}    \\n\\n' ;;
+  run) [ -f "{loaded}" ] && [ ! -f "{ready}" ] || exit 1 ;;
+esac
+"""
+
+
+class OllamaStart:
+    """The server container's command, with a recording `ollama` and the ready file in tmp."""
+
+    def __init__(self, tmp: pathlib.Path, capability: str = "completion") -> None:
+        self.log, self.up, self.loaded = tmp / "calls.log", tmp / "up", tmp / "loadable"
+        self.ready = tmp / "ready"
+        fake = tmp / "ollama"
+        fake.write_text(
+            FAKE_OLLAMA_SERVER.format(
+                log=self.log,
+                up=self.up,
+                loaded=self.loaded,
+                ready=self.ready,
+                capability=capability,
+            )
+        )
+        fake.chmod(0o755)
+        spec = LLMDeploymentSpec(engine="ollama", model="qwen2.5:0.5b")
+        command = list(OLLAMA.command)
+        assert OLLAMA.ready_file is not None
+        command[2] = command[2].replace("/bin/ollama", str(fake))
+        command[2] = command[2].replace(OLLAMA.ready_file, str(self.ready))
+        self.stderr = tmp / "stderr"
+        with self.stderr.open("w") as err:
+            self.process = subprocess.Popen([*command, *OLLAMA.args(spec)], stderr=err)
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+def _wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+SH = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+
+
+@SH
+def test_ollama_is_ready_only_after_its_model_is_loaded(tmp_path: pathlib.Path) -> None:
+    start = OllamaStart(tmp_path)
+    try:
+        _wait_for(lambda: "serve" in start.calls(), "ollama serve")
+        assert not start.ready.exists()  # the server does not answer yet
+        start.loaded.touch()  # from now on a load succeeds
+        start.up.touch()
+        _wait_for(start.ready.exists, "the ready mark")
+        calls = start.calls()
+        assert "run qwen2.5:0.5b " in calls  # ollama run MODEL "": an empty, loading request
+        assert calls.index("show qwen2.5:0.5b") < calls.index("run qwen2.5:0.5b ")
+    finally:
+        code = start.stop()
+    assert code == 0
+    assert "stopped" in start.calls()  # SIGTERM reached the server, which exited on it
+
+
+@SH
+def test_a_failed_load_does_not_mark_ready(tmp_path: pathlib.Path) -> None:
+    start = OllamaStart(tmp_path)
+    start.up.touch()  # the server answers, but every load fails
+    code = start.process.wait(timeout=60)  # it stops by itself: the kubelet restarts it
+    assert code == 1
+    assert any(call.startswith("run") for call in start.calls())
+    assert not start.ready.exists()
+    assert "stopped" in start.calls()  # the server was stopped, not left behind
+    assert "loading qwen2.5:0.5b failed" in start.stderr.read_text()
+
+
+@SH
+def test_a_stale_mark_from_a_previous_run_is_removed(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "ready").touch()  # /tmp is an emptyDir: it outlives a container restart
+    start = OllamaStart(tmp_path)
+    try:
+        _wait_for(lambda: "serve" in start.calls(), "ollama serve")
+        assert not start.ready.exists()
+    finally:
+        start.stop()
+
+
+@SH
+def test_an_embedding_model_is_ready_without_a_load(tmp_path: pathlib.Path) -> None:
+    start = OllamaStart(tmp_path, capability="embedding")
+    try:
+        start.up.touch()
+        _wait_for(start.ready.exists, "the ready mark")
+        assert not any(call.startswith("run") for call in start.calls())
+    finally:
+        start.stop()
+
+
+def test_the_engine_shell_scripts_pass_shellcheck(tmp_path: pathlib.Path) -> None:
+    from tests.packaging.conftest import require_tool
+
+    spec = LLMDeploymentSpec(engine="ollama", model="qwen2.5:0.5b")
+    scripts = {"serve.sh": OLLAMA.command[2], "fetch.sh": OLLAMA.fetch_command(spec)[-1]}
+    for name, text in scripts.items():
+        (tmp_path / name).write_text(text)
+    paths = [str(tmp_path / name) for name in scripts]
+    result = subprocess.run(
+        [require_tool("shellcheck"), "-s", "sh", *paths], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout

@@ -251,3 +251,25 @@ def test_fetch_pod_problems_reach_the_job_state() -> None:
     done = status.JobState(name="tiny-fetch-1", phase="succeeded")
     assert status.with_pod_problems(done, [stuck]) == done
     assert status.with_pod_problems(None, [stuck]) is None
+
+
+AUTOSCALED = {**CASES["ollama-l4"], "autoscaling": {"minReplicas": 0, "maxReplicas": 3}}
+VIEW = {"demand": 1.33, "desiredReplicas": 1, "lastScaleTime": T0}
+
+
+def test_the_autoscalers_view_is_shown_while_autoscaling_is_set() -> None:
+    llm = make("qwen", AUTOSCALED)
+    shown = status.compute(llm, SETTINGS, WorkloadState(), [], {}, T0, None, VIEW)
+    assert shown["autoscaling"] == VIEW
+    schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validator = jsonschema.Draft7Validator(schema["properties"]["status"])
+    assert list(validator.iter_errors(shown)) == []
+    # No view yet (the autoscaler has not looked): the status does not claim one.
+    assert "autoscaling" not in status.compute(llm, SETTINGS, WorkloadState(), [], {}, T0)
+
+
+def test_turning_autoscaling_off_removes_the_view() -> None:
+    llm = make("qwen", CASES["ollama-l4"])
+    gone = status.compute(llm, SETTINGS, None, [], {"autoscaling": VIEW}, T0, None, VIEW)
+    assert gone["autoscaling"] is None  # a merge patch deletes the key
+    assert "autoscaling" not in status.compute(llm, SETTINGS, None, [], {}, T0, None, VIEW)
