@@ -138,7 +138,7 @@ class Routing(_Model):
 
 
 class AutoscalingStatus(_Model):
-    """`status.autoscaling`, written by the autoscaler (the operator leaves it alone)."""
+    """`status.autoscaling`: the autoscaler's view (demand, its target, when it last scaled)."""
 
     demand: float = Field(default=0.0, ge=0)
     desired_replicas: int = Field(default=0, ge=0)

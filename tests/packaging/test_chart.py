@@ -70,6 +70,8 @@ def triples(group: str, resources: list[str], verbs: list[str]) -> set[tuple[str
 OPERATOR_NAMESPACED_RULES = (
     triples("relais.dev", ["llmdeployments"], ["get", "list", "watch", "patch"])
     | triples("relais.dev", ["llmdeployments/status"], ["get", "patch"])
+    # The autoscaler writes spec.replicas through the scale subresource (issue #8).
+    | triples("relais.dev", ["llmdeployments/scale"], ["get", "patch"])
     # delete: a StatefulSet whose immutable fields changed is re-created; a download Job whose
     # model changed (its pod template is immutable) is replaced.
     | triples("apps", ["statefulsets"], ["get", "list", "watch", "create", "patch", "delete"])
@@ -188,7 +190,10 @@ def test_operator_rbac_cluster_wide() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "relais-operator", "namespace": "relais-system"}
     ]
-    assert not of_kind(docs, "Role")
+    # The autoscaler finds the gateways through their EndpointSlices, in the release namespace.
+    (role,) = of_kind(docs, "Role")
+    assert role["metadata"] == {**role["metadata"], "namespace": "relais-system"}
+    assert rules(role) == triples("discovery.k8s.io", ["endpointslices"], ["list"])
 
 
 def test_gateway_rbac_reads_and_scales_from_zero_only() -> None:
@@ -207,6 +212,7 @@ def test_namespace_scoped_install() -> None:
     assert {(b["metadata"]["namespace"], b["subjects"][0]["namespace"]) for b in bindings} == {
         ("team-a", "relais-system"),
         ("team-b", "relais-system"),
+        ("relais-system", "relais-system"),  # the autoscaler's read of the gateways' endpoints
     }
     # Only kopf's cluster-scoped reads stay in a ClusterRole; the gateway needs none.
     (cluster_role,) = of_kind(docs, "ClusterRole")
