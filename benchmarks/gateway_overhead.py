@@ -371,6 +371,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reference", action="store_true", help="also measure a featureless proxy (the floor)"
     )
+    parser.add_argument(
+        "--load-only", action="store_true", help="only the streaming-load case (issue 7)"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="rounds per target and case")
     parser.add_argument("--round-seconds", type=float, default=1.5)
     return parser.parse_args(argv)
@@ -395,7 +398,12 @@ Loads = dict[str, LoadRun]
 
 
 def run(
-    rounds: int, seconds: float, repeats: int, reference: bool, load: tuple[int, int]
+    rounds: int,
+    seconds: float,
+    repeats: int,
+    reference: bool,
+    load: tuple[int, int],
+    load_only: bool = False,
 ) -> tuple[Results, Gaps, Loads]:
     """Start the fakes, the gateway and the reference proxy, measure, stop everything."""
     cases = [Case(c, s) for s in (False, True) for c in CONCURRENCIES]
@@ -422,9 +430,12 @@ def run(
         bare, bare_pid = stack.enter_context(bare_proxy(upstreams))
         if reference:
             targets["bare"] = bare + path
-        results = asyncio.run(measure(targets, cases, rounds, seconds))
-        paced_targets = {"direct": paced.url + path, "gateway": gw.url + path}
-        gaps = asyncio.run(pacing(paced_targets, repeats))
+        results: Results = {}
+        gaps: Gaps = {"direct": [], "gateway": []}
+        if not load_only:
+            results = asyncio.run(measure(targets, cases, rounds, seconds))
+            paced_targets = {"direct": paced.url + path, "gateway": gw.url + path}
+            gaps = asyncio.run(pacing(paced_targets, repeats))
         load_urls = {"direct": loader.url + path, "gateway": gw.url + path, "bare": bare + path}
         pids: dict[str, int | None] = {"direct": None, "gateway": gw.proc.pid, "bare": bare_pid}
         loads = asyncio.run(streaming_load(load_urls, pids, streams, chunks))
@@ -436,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds, seconds, repeats = (2, 0.3, 2) if args.quick else (args.rounds, args.round_seconds, 8)
     load = (32, 20) if args.quick else (LOAD_STREAMS, LOAD_CHUNKS)
     started = time.perf_counter()
-    results, gaps, loads = run(rounds, seconds, repeats, args.reference, load)
+    results, gaps, loads = run(rounds, seconds, repeats, args.reference, load, args.load_only)
     print(
         f"\ngateway overhead: {os.cpu_count()} CPUs, Python {platform.python_version()}, fake TGI"
         f" answering in {ENGINE_DELAY_MS} ms; {rounds} interleaved rounds x {seconds:g} s"

@@ -77,10 +77,11 @@ class SseRelay(_Lines):
         self.strip_usage = strip_usage
 
     def _complete(self, lines: bytes) -> bytes:
+        # One byte search per marker and chunk; the exact forms are checked only on a hit.
         self.lines += lines.count(b"data:")
-        if not self.ended and any(mark in lines for mark in DONE_MARKS):
-            self.ended = True
-        if any(mark in lines for mark in USAGE_MARKS):
+        if b"[DONE]" in lines and not self.ended:
+            self.ended = any(mark in lines for mark in DONE_MARKS)
+        if b'"usage":' in lines and any(mark in lines for mark in USAGE_MARKS):
             lines = self._usage(lines)
         return self.rename(lines) if self.rename is not None else lines
 
@@ -109,7 +110,7 @@ class NdjsonRelay(_Lines):
 
     def _complete(self, lines: bytes) -> bytes:
         self.lines += lines.count(b"\n")
-        if any(mark in lines for mark in NDJSON_DONE_MARKS):
+        if b'"done":' in lines and any(mark in lines for mark in NDJSON_DONE_MARKS):
             for line in lines.split(b"\n"):
                 if any(mark in line for mark in NDJSON_DONE_MARKS):
                     data = _loads(line)

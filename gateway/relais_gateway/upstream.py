@@ -165,12 +165,28 @@ class Upstream:
     async def _relay(
         self, replica: str, resp: aiohttp.ClientResponse, first: bytes
     ) -> AsyncGenerator[bytes, None]:
-        """The first chunk, then the rest within the idle timeout; a failure ejects the replica."""
+        """The first chunk, then the rest within the idle timeout; a failure ejects the replica.
+
+        The hot loop of every stream: what arrived is taken at once; only an actual wait for
+        the network lets the sender flush and arms the idle watch (one timer per idle period,
+        not one per chunk).
+        """
+        reader = resp.content
+        watch = IdleWatch(self.settings.stream_idle_timeout_s)
         try:
             yield first
-            idle = self.settings.stream_idle_timeout_s
             with upstream_errors(replica):
-                while data := await read_upstream(resp.content, idle):
+                while True:
+                    data = reader.read_nowait()
+                    if not data:
+                        if reader.at_eof():
+                            break
+                        flush = before_network_wait.get()
+                        if flush is not None:
+                            await flush()
+                        data = await watch.wait(reader)
+                        if not data:
+                            break
                     yield data
         except (UpstreamError, UpstreamTimeout):
             self._failed(replica)
@@ -179,8 +195,59 @@ class Upstream:
         except BaseException:
             resp.close()  # the client left, or shutdown: never pool a half-read connection
             raise
+        finally:
+            watch.close()
         self.balancer.restore(replica)
         resp.release()
+
+
+class IdleWatch:
+    """Bounds each wait for upstream data by `idle_s`, with one timer re-armed only when it fires.
+
+    `asyncio.timeout` around every read costs a timer per chunk; this arms one timer, and when it
+    fires checks whether the current wait has really lasted `idle_s` (then cancels the waiting
+    task, turned into a TimeoutError here) or pushes itself to the current wait's deadline.
+    """
+
+    __slots__ = ("_deadline", "_fired", "_handle", "_idle_s", "_loop", "_task")
+
+    def __init__(self, idle_s: float) -> None:
+        self._idle_s = idle_s
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._deadline: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+
+    async def wait(self, reader: aiohttp.StreamReader) -> bytes:
+        self._deadline = self._loop.time() + self._idle_s
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._deadline, self._check)
+        try:
+            return await reader.readany()
+        except asyncio.CancelledError:
+            if self._fired and self._task is not None:
+                self._fired = False
+                self._task.uncancel()
+                raise TimeoutError from None
+            raise
+        finally:
+            self._deadline = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self._deadline is None:
+            return  # not waiting now: the next wait arms the timer again
+        if self._loop.time() >= self._deadline and self._task is not None:
+            self._fired = True
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_at(self._deadline, self._check)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 before_network_wait: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
