@@ -89,7 +89,9 @@ async def test_overflow_and_timeout_answer_503_with_retry_after() -> None:
 
 async def test_a_client_that_leaves_while_waiting_never_reaches_an_engine() -> None:
     async with cluster(start_delay_s=3.0) as sim:
-        await sim.apply(autoscaled())
+        # A long scale-down delay: the replica the request asked for stays, so the test can see
+        # that nothing reached it after its client left.
+        await sim.apply(autoscaled(scaleDownDelaySeconds=120))
         gateway = await sim.start_gateway()
         with pytest.raises(openai.APITimeoutError):
             await chat(gateway, client_timeout_s=0.5)
