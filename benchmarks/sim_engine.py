@@ -4,15 +4,18 @@
 chat-completions wire format (`POST /v1/chat/completions`, streamed SSE or plain JSON) and
 models what makes prefix-aware routing pay on a real engine (vLLM's automatic prefix caching):
 
-- tokens are the whitespace-separated words of the role-tagged messages;
+- tokens are the whitespace-separated words of the role-tagged messages, then `assistant:` (the
+  generation prompt, as a chat template adds it), so a reply sent back in the next turn continues
+  the cached sequence exactly;
 - a block-wise prefix cache: full blocks of `block_tokens` tokens keyed by a hash chain (a block's
   key covers every token before it), an LRU of at most `cache_blocks` blocks;
 - time to first token = queueing + uncached prompt tokens x `prefill_ms` + one decode step;
   each further token costs `decode_ms` (streamed in chunks of `chunk_tokens`, to spare the CPU);
+  the prompt's blocks are cached after prefill, the prompt + reply's once the reply is complete;
 - `slots` sequences run at once, the rest wait in a FIFO queue.
 
-Time is simulated with `asyncio.sleep`. Unlike vLLM, blocks of running sequences may be evicted
-and generated tokens are not cached (the next turn's copy of a reply is prefilled again).
+Time is simulated with `asyncio.sleep`, and running sequences do not slow each other down.
+Unlike vLLM, blocks of running sequences may be evicted.
 `GET /stats` returns the counters and the `X-Request-ID` of every request served;
 `POST /reset` empties the cache and the counters. The pure core (cache, slots, engine) is
 unit-tested in `tests/benchmarks/test_sim_engine.py`; `make_app` is the thin aiohttp edge.
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import time
 import uuid
@@ -57,7 +61,7 @@ class Costs:
 
 
 def prompt_tokens(messages: Any) -> list[str]:
-    """The "tokens" of a chat request: words of `role: content` lines, in order.
+    """The "tokens" of a chat request: `role:` and the words of each message, then `assistant:`.
 
     Raises ValueError for anything that is not a list of messages with string content.
     """
@@ -69,7 +73,7 @@ def prompt_tokens(messages: Any) -> list[str]:
             raise ValueError("each message must be an object with string `content`")
         tokens.append(f"{message.get('role', 'user')}:")
         tokens += message["content"].split()
-    return tokens
+    return [*tokens, "assistant:"]
 
 
 class PrefixCache:
@@ -195,8 +199,8 @@ class SimEngine:
 
     async def generate(
         self, request_id: str, tokens: list[str], max_tokens: int
-    ) -> AsyncGenerator[tuple[int, int], None]:
-        """Yield (cached prompt tokens, tokens in this chunk) per chunk; the first has 1 token."""
+    ) -> AsyncGenerator[tuple[int, list[str]], None]:
+        """Yield (cached prompt tokens, the reply's next words) per chunk; the first has 1 word."""
         counters = self.counters
         counters.requests += 1
         counters.request_ids.append(request_id)
@@ -210,12 +214,22 @@ class SimEngine:
             counters.miss_tokens += len(tokens) - cached
             await self._sleep((len(tokens) - cached) * self.costs.prefill_ms / 1000)
             self.cache.insert(tokens)
+            reply = reply_words(request_id, max_tokens)
+            done = 0
             for size in chunk_sizes(max_tokens, self.costs.chunk_tokens):
                 await self._sleep(size * self.costs.decode_ms / 1000)
                 counters.generated_tokens += size
-                yield cached, size
+                yield cached, reply[done : done + size]
+                done += size
+            self.cache.insert(tokens + reply)
         finally:
             self.slots.release()
+
+
+def reply_words(request_id: str, count: int) -> list[str]:
+    """The words the engine "generates": distinct per request, so replies share no blocks."""
+    tag = hashlib.blake2b(request_id.encode(), digest_size=3).hexdigest()
+    return [f"{tag}.{i}" for i in range(count)]
 
 
 def chunk_sizes(total: int, chunk: int) -> list[int]:
@@ -227,10 +241,6 @@ def chunk_sizes(total: int, chunk: int) -> list[int]:
 
 
 # ---------------------------------------------------------------- the aiohttp edge
-
-
-def _words(start: int, count: int) -> str:
-    return "".join(f" tok{i}" for i in range(start, start + count))
 
 
 def _chunk(rid: str, model: str, delta: dict[str, str], finish: str | None = None) -> bytes:
@@ -265,16 +275,17 @@ def _parse(body: Any) -> tuple[str, list[str], int, bool]:
 
 
 async def _stream(
-    request: web.Request, rid: str, model: str, chunks: AsyncIterator[tuple[int, int]]
+    request: web.Request, rid: str, model: str, chunks: AsyncIterator[tuple[int, list[str]]]
 ) -> web.StreamResponse:
     """Send the chunks as SSE `data:` lines: a role chunk, content chunks, a finish, [DONE]."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     await response.write(_chunk(rid, model, {"role": "assistant"}))
-    done = 0
-    async for _, size in chunks:
-        await response.write(_chunk(rid, model, {"content": _words(done, size)}))
-        done += size
+    first = True
+    async for _, words in chunks:
+        text = " ".join(words) if first else "".join(f" {w}" for w in words)
+        await response.write(_chunk(rid, model, {"content": text}))
+        first = False
     await response.write(_chunk(rid, model, {}, "length") + b"data: [DONE]\n\n")
     await response.write_eof()
     return response
@@ -293,10 +304,11 @@ def make_app(engine: SimEngine) -> web.Application:
         async with contextlib.aclosing(engine.generate(rid, tokens, max_tokens)) as chunks:
             if stream:
                 return await _stream(request, rid, model, chunks)
-            cached = done = 0
-            async for first_cached, size in chunks:
-                cached, done = first_cached, done + size
-            message = {"role": "assistant", "content": _words(0, done).strip()}
+            cached, reply = 0, []
+            async for cached, words in chunks:  # noqa: B007  (`cached` is the same in every chunk)
+                reply += words
+            done = len(reply)
+            message = {"role": "assistant", "content": " ".join(reply)}
             choice = {"index": 0, "message": message, "finish_reason": "length"}
             body = {"id": rid, "object": "chat.completion", "created": int(time.time())}
             body |= {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 from relais_gateway.config import StaticDeployment
@@ -11,7 +10,9 @@ from relais_gateway.prefix import chat_prefix
 from benchmarks.routing import (
     Outcome,
     Run,
+    Session,
     Shape,
+    Turn,
     agreement,
     gateway_config,
     inflight,
@@ -19,6 +20,8 @@ from benchmarks.routing import (
     model_for,
     percentile,
     prefix_decisions,
+    rose,
+    share_above,
     traces,
 )
 
@@ -37,23 +40,33 @@ def test_multi_turn_resends_the_conversation_and_arrives_in_order() -> None:
     assert starts == sorted(starts)
     assert starts[0] > 0
     for session in multi.sessions:
-        turns = [t.messages for t in session.turns]
-        for before, after in itertools.pairwise(turns):
-            assert after[: len(before)] == before
-            assert [m["role"] for m in after[len(before) :]] == ["assistant", "user"]
+        assert len(session.turns) == SHAPE.turns
         assert session.turns[0].think_s == 0.0
-    systems = {s.turns[0].messages[0]["content"] for s in multi.sessions}
-    assert 1 < len(systems) <= SHAPE.system_prompts  # shared system prompts
+        assert all(t.think_s > 0 for t in session.turns[1:])
+    assert 1 < len({s.system for s in multi.sessions}) <= SHAPE.system_prompts  # shared
+
+
+def test_each_turn_sends_the_earlier_turns_with_their_answers() -> None:
+    session = Session(0.0, "be brief", (Turn(0.0, "q0"), Turn(1.0, "q1"), Turn(1.0, "q2")))
+    first = session.messages([])
+    assert first == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q0"}]
+    third = session.messages(["a0", "a1"])
+    assert third[:2] == first
+    assert [(m["role"], m["content"]) for m in third[2:]] == [
+        ("assistant", "a0"), ("user", "q1"), ("assistant", "a1"), ("user", "q2"),
+    ]  # fmt: skip
+    assert Session(0.0, "", (Turn(0.0, "q"),)).messages([]) == [{"role": "user", "content": "q"}]
 
 
 def test_uniform_shares_nothing_and_hot_shares_one_system_prompt() -> None:
     _, uniform, hot = traces(SHAPE, 4)
-    prefixes = {chat_prefix(list(s.turns[0].messages), 100) for s in uniform.sessions}
+    prefixes = {chat_prefix(s.messages([]), 100) for s in uniform.sessions}
     assert len(prefixes) == uniform.requests == SHAPE.single_requests
-    systems = {s.turns[0].messages[0]["content"] for s in hot.sessions}
+    assert {s.system for s in uniform.sessions} == {""}
+    systems = {s.system for s in hot.sessions}
     assert len(systems) == 1
     assert len(next(iter(systems)).split()) == SHAPE.hot_system_words
-    assert len({s.turns[0].messages[1]["content"] for s in hot.sessions}) == hot.requests
+    assert len({s.turns[0].user for s in hot.sessions}) == hot.requests
 
 
 def test_round_robin_names_each_engine_in_turn() -> None:
@@ -90,6 +103,10 @@ def test_gauges_and_decisions_are_read_from_metrics_text() -> None:
 def test_load_excess_is_max_minus_load_factor_times_mean() -> None:
     assert load_excess([3, 1, 0, 0], 1.25) == 3 - 1.25
     assert load_excess([0, 0], 1.25) is None
+    assert load_excess([3, 1, 0, 0], 1.25, among=[1]) == 1 - 1.25
+    assert load_excess([3, 1, 0, 0], 1.25, among=[]) is None
+    assert rose([0, 2, 1], [1, 2, 0]) == [0]
+    assert share_above([0.5, 1.5, 2.0, 1.0], 1.0) == 0.5
 
 
 def test_run_figures() -> None:

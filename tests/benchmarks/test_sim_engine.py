@@ -21,6 +21,7 @@ from benchmarks.sim_engine import (
     make_app,
     parse_args,
     prompt_tokens,
+    reply_words,
 )
 
 
@@ -30,7 +31,7 @@ def tokens(count: int, start: int = 0) -> list[str]:
 
 def test_prompt_tokens_are_role_tagged_words() -> None:
     messages = [{"role": "system", "content": "be  brief"}, {"role": "user", "content": "hi"}]
-    assert prompt_tokens(messages) == ["system:", "be", "brief", "user:", "hi"]
+    assert prompt_tokens(messages) == ["system:", "be", "brief", "user:", "hi", "assistant:"]
     for bad in (None, [], [{"role": "user"}], ["text"], [{"content": 3}]):
         with pytest.raises(ValueError, match="message"):
             prompt_tokens(bad)
@@ -112,7 +113,10 @@ class Clock:
 
 
 async def run(engine: SimEngine, rid: str, prompt: list[str], max_tokens: int) -> list[int]:
-    return [size async for _, size in engine.generate(rid, prompt, max_tokens)]
+    """The chunk sizes of one request, after checking the words are the request's reply."""
+    chunks = [words async for _, words in engine.generate(rid, prompt, max_tokens)]
+    assert [w for chunk in chunks for w in chunk] == reply_words(rid, max_tokens)
+    return [len(chunk) for chunk in chunks]
 
 
 async def test_prefill_costs_only_uncached_tokens() -> None:
@@ -129,6 +133,14 @@ async def test_prefill_costs_only_uncached_tokens() -> None:
     assert (stats["hit_tokens"], stats["miss_tokens"], stats["generated_tokens"]) == (32, 49, 7)
     assert stats["request_ids"] == ["a", "b"]
     assert (stats["requests"], stats["max_running"], stats["max_queued"]) == (2, 1, 0)
+
+
+async def test_the_next_turn_finds_the_reply_in_the_cache() -> None:
+    engine = SimEngine(Costs(prefill_ms=1.0, decode_ms=0.0, block_tokens=8), Clock().sleep)
+    await run(engine, "a", tokens(8), 8)
+    following = [*tokens(8), *reply_words("a", 8), *tokens(8, start=50)]
+    assert engine.cache.lookup(following) == 16
+    assert reply_words("a", 2) != reply_words("b", 2)
 
 
 async def test_a_fully_cached_prompt_still_prefills_its_last_token() -> None:
@@ -178,12 +190,12 @@ async def test_streamed_answer_is_openai_sse_and_logs_the_request_id() -> None:
         chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
         assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-        assert text.split() == ["tok0", "tok1", "tok2", "tok3", "tok4"]
+        assert text.split() == reply_words("rid-1", 5)
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
         assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
         stats = await (await http.get("/stats")).json()
         assert stats["request_ids"] == ["rid-1"]
-        assert stats["miss_tokens"] == 3
+        assert stats["miss_tokens"] == 4  # user: a b assistant:
 
 
 async def test_plain_answer_reports_usage_with_cached_tokens() -> None:
@@ -193,10 +205,11 @@ async def test_plain_answer_reports_usage_with_cached_tokens() -> None:
         first = await (await http.post("/v1/chat/completions", json=body)).json()
         second = await (await http.post("/v1/chat/completions", json=body)).json()
         assert first["object"] == "chat.completion"
-        assert first["choices"][0]["message"] == {"role": "assistant", "content": "tok0 tok1 tok2"}
-        assert first["usage"]["prompt_tokens"] == 5
+        reply = " ".join(reply_words(first["id"], 3))
+        assert first["choices"][0]["message"] == {"role": "assistant", "content": reply}
+        assert first["usage"]["prompt_tokens"] == 6
         assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
-        assert second["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
+        assert second["usage"]["prompt_tokens_details"] == {"cached_tokens": 5}  # all but one
         assert (await http.post("/reset")).status == 200
         assert (await (await http.get("/stats")).json())["requests"] == 0
 
