@@ -89,8 +89,8 @@ class Session:
 @dataclass(frozen=True)
 class Trace:
     name: str
-    rate_rps: float
-    """Offered request rate (all turns), for the report."""
+    arrivals: str
+    """How requests arrive, for the report."""
     sessions: tuple[Session, ...]
     max_tokens: int
 
@@ -150,8 +150,9 @@ def multi_turn(shape: Shape, seed: int) -> Trace:
             for index in range(shape.turns)
         )
         sessions.append(Session(start, system, turns))
-    rate = shape.conversation_rate * shape.turns
-    return Trace("multi-turn", rate, tuple(sessions), shape.max_tokens)
+    how = (f"conversations start at {shape.conversation_rate:g}/s (Poisson), {shape.turns} turns,"
+           f" mean think time {shape.think_s:g} s")  # fmt: skip
+    return Trace("multi-turn", how, tuple(sessions), shape.max_tokens)
 
 
 def single_requests(name: str, shape: Shape, seed: int, system: int, user: int) -> Trace:
@@ -162,7 +163,7 @@ def single_requests(name: str, shape: Shape, seed: int, system: int, user: int) 
         Session(start, shared, (Turn(0.0, words(rng, user)),))
         for start in arrivals(rng, shape.single_requests, shape.single_rate)
     )
-    return Trace(name, shape.single_rate, sessions, shape.max_tokens)
+    return Trace(name, f"{shape.single_rate:g} req/s (Poisson)", sessions, shape.max_tokens)
 
 
 def traces(shape: Shape, seed: int) -> list[Trace]:
@@ -532,7 +533,8 @@ def fmt(value: float, spec: str) -> str:
 
 
 def table(trace: Trace, runs: dict[str, Run]) -> Iterator[str]:
-    yield f"{trace.name}: {trace.requests} requests, offered {trace.rate_rps:g} req/s (Poisson)"
+    out = f"{trace.max_tokens} tokens out"
+    yield f"{trace.name}: {trace.requests} requests, {trace.arrivals}, {out}"
     head = (f"  {'strategy':<12}|{'TTFT p50 ms':>12}{'p99 ms':>9} |{'req/s':>7}{'tok/s':>8} |"
             f"{'cache hit':>10}{'sticky':>8}{'1st choice':>11}{'excess':>8}{'err':>5}")  # fmt: skip
     yield head
