@@ -209,7 +209,7 @@ class SimEngine:
         await self.slots.acquire()
         try:
             counters.max_running = max(counters.max_running, self.slots.running)
-            cached = min(self.cache.lookup(tokens), len(tokens) - 1)  # the last is always run
+            cached = max(0, min(self.cache.lookup(tokens), len(tokens) - 1))  # the last one runs
             counters.hit_tokens += cached
             counters.miss_tokens += len(tokens) - cached
             await self._sleep((len(tokens) - cached) * self.costs.prefill_ms / 1000)
