@@ -1,0 +1,1 @@
+"""Tests of the benchmarks' own machinery: the simulated engine, the traces, smoke runs."""
