@@ -9,6 +9,7 @@ for it). Scanning is by byte search; a line is parsed only when it carries count
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -70,20 +71,50 @@ class _Lines:
 
 
 class SseRelay(_Lines):
-    """An OpenAI-style SSE stream (`data: {...}` events, then `data: [DONE]`)."""
+    """An OpenAI-style SSE stream (`data: {...}` events, then `data: [DONE]`).
 
-    def __init__(self, rename: Rename | None, *, strip_usage: bool) -> None:
+    `strip_usage`: the gateway asked for the usage chunk (for its metrics), the client did not.
+    `add_usage`: the client asked for usage; an engine that sends none (llama.cpp's server) gets
+    one added before `[DONE]`, with the completion tokens counted from the forwarded deltas.
+    """
+
+    def __init__(
+        self, rename: Rename | None, *, strip_usage: bool, add_usage: bool = False
+    ) -> None:
         super().__init__(rename)
         self.strip_usage = strip_usage
+        self.add_usage = add_usage
+        self.usage_seen = False
+        self.deltas = 0
+        self.chat = True
 
     def _complete(self, lines: bytes) -> bytes:
         # One byte search per marker and chunk; the exact forms are checked only on a hit.
         self.lines += lines.count(b"data:")
-        if b"[DONE]" in lines and not self.ended:
-            self.ended = any(mark in lines for mark in DONE_MARKS)
+        if self.add_usage:
+            self.deltas += _text_deltas(lines)
         if b'"usage":' in lines and any(mark in lines for mark in USAGE_MARKS):
             lines = self._usage(lines)
+        if b"[DONE]" in lines and not self.ended:
+            self.ended = any(mark in lines for mark in DONE_MARKS)
+            if self.ended and self.add_usage and not self.usage_seen:
+                lines = self._with_usage(lines)
         return self.rename(lines) if self.rename is not None else lines
+
+    def _with_usage(self, lines: bytes) -> bytes:
+        """The usage chunk the client asked for, inserted before the `[DONE]` event."""
+        at = min(lines.find(mark) for mark in DONE_MARKS if mark in lines)
+        usage = {"prompt_tokens": 0, "completion_tokens": self.deltas, "total_tokens": self.deltas}
+        chunk: dict[str, Any] = {
+            "id": "usage",
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": int(time.time()),
+            "model": "",
+            "choices": [],
+            "usage": usage,
+        }
+        self.completion_tokens = self.deltas
+        return lines[:at] + b"data: " + orjson.dumps(chunk) + b"\n\n" + lines[at:]
 
     def _usage(self, lines: bytes) -> bytes:
         kept: list[bytes] = []
@@ -92,6 +123,7 @@ class SseRelay(_Lines):
                 data = _loads(line[5:])
                 usage = data.get("usage") if isinstance(data, dict) else None
                 if isinstance(usage, dict):
+                    self.usage_seen = True
                     self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
                     self.completion_tokens = int(usage.get("completion_tokens") or 0)
                     if self.strip_usage and not data.get("choices"):
@@ -124,6 +156,23 @@ class NdjsonRelay(_Lines):
     def error(message: str) -> bytes:
         """An in-band error line, as Ollama sends one: `ollama` clients raise on it."""
         return orjson.dumps({"error": message}) + b"\n"
+
+
+EMPTY_MARKS = (
+    b'"content":""',
+    b'"content": ""',
+    b'"content":null',
+    b'"content": null',
+    b'"text":""',
+    b'"text": ""',
+)
+
+
+def _text_deltas(lines: bytes) -> int:
+    """How many events carry generated text (a streamed delta is about one token)."""
+    found = lines.count(b'"content":') + lines.count(b'"text":')  # spaced forms included
+    empty = sum(lines.count(mark) for mark in EMPTY_MARKS)
+    return max(0, found - empty)
 
 
 def _loads(data: bytes) -> Any:

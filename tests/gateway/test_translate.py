@@ -250,3 +250,20 @@ def test_ndjson_relay_reads_the_done_line() -> None:
     assert out == lines + b'"prompt_eval_count": 2}\n'
     assert (relay.ended, relay.prompt_tokens, relay.completion_tokens) == (True, 2, 4)
     assert json.loads(relay.error("x")) == {"error": "x"}
+
+
+def test_sse_relay_adds_the_usage_an_engine_did_not_send_when_the_client_asked() -> None:
+    """llama.cpp's server sends no usage chunk; a client that asked for one still gets it."""
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    words = [{"choices": [{"index": 0, "delta": {"content": w}}]} for w in ("a", "b", "c")]
+    end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    relay = SseRelay(None, strip_usage=False, add_usage=True)
+    out = relay.feed(sse(role, *words, end, b"[DONE]"))
+    events = [line[6:] for line in out.split(b"\n\n") if line]
+    assert events[-1] == b"[DONE]"
+    usage = json.loads(events[-2])
+    assert usage["choices"] == []
+    assert usage["usage"]["completion_tokens"] == 3
+    with_usage = SseRelay(None, strip_usage=False, add_usage=True)
+    sent = {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 9}}
+    assert with_usage.feed(sse(*words, sent, b"[DONE]")).count(b'"usage"') == 1  # not twice
