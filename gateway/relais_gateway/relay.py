@@ -9,6 +9,7 @@ for it). Scanning is by byte search; a line is parsed only when it carries count
 
 from __future__ import annotations
 
+import abc
 import time
 from typing import Any
 
@@ -42,8 +43,9 @@ def renamer(engine_name: str, served_name: str) -> Rename | None:
     return Rename(engine_name, served_name) if engine_name != served_name else None
 
 
-class _Lines:
-    """Splits network chunks into runs of complete lines, keeping the partial tail."""
+class _Lines(abc.ABC):
+    """Splits network chunks into runs of complete lines, keeping the partial tail; each kind of
+    stream reads what it needs from those lines in `_complete`."""
 
     def __init__(self, rename: Rename | None) -> None:
         self.rename = rename
@@ -66,8 +68,9 @@ class _Lines:
         tail, self._tail = self._tail, b""
         return self._complete(tail + b"\n") if tail.strip() else b""
 
+    @abc.abstractmethod
     def _complete(self, lines: bytes) -> bytes:
-        raise NotImplementedError
+        """Note what the gateway needs from `lines`; the lines to forward."""
 
 
 class SseRelay(_Lines):
