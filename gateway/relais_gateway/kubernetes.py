@@ -259,10 +259,10 @@ class KubernetesSource(MemorySource):
         """
         key = (backend.namespace or "", backend.name)
         now = asyncio.get_running_loop().time()
-        if backend.desired_replicas != 0 or now - self._scale_requested.get(key, -1e9) < (
-            SCALE_REQUEST_EVERY_S
-        ):
-            return backend.desired_replicas != 0
+        if backend.desired_replicas != 0:
+            return False  # replicas are already asked for: one is starting
+        if now - self._scale_requested.get(key, -SCALE_REQUEST_EVERY_S) < SCALE_REQUEST_EVERY_S:
+            return False  # asked a moment ago; the watch has not shown it yet
         self._scale_requested[key] = now
         assert self._session is not None
         assert self._access is not None

@@ -43,9 +43,9 @@ def renamer(engine_name: str, served_name: str) -> Rename | None:
     return Rename(engine_name, served_name) if engine_name != served_name else None
 
 
-class _Lines(abc.ABC):
+class LineSplitter(abc.ABC):
     """Splits network chunks into runs of complete lines, keeping the partial tail; each kind of
-    stream reads what it needs from those lines in `_complete`."""
+    stream (the relays here, the translator in translate.py) handles those lines in `_complete`."""
 
     def __init__(self, rename: Rename | None) -> None:
         self.rename = rename
@@ -73,7 +73,7 @@ class _Lines(abc.ABC):
         """Note what the gateway needs from `lines`; the lines to forward."""
 
 
-class SseRelay(_Lines):
+class SseRelay(LineSplitter):
     """An OpenAI-style SSE stream (`data: {...}` events, then `data: [DONE]`).
 
     `strip_usage`: the gateway asked for the usage chunk (for its metrics), the client did not.
@@ -82,14 +82,19 @@ class SseRelay(_Lines):
     """
 
     def __init__(
-        self, rename: Rename | None, *, strip_usage: bool, add_usage: bool = False
+        self,
+        rename: Rename | None,
+        *,
+        strip_usage: bool,
+        add_usage: bool = False,
+        chat: bool = True,
     ) -> None:
         super().__init__(rename)
         self.strip_usage = strip_usage
         self.add_usage = add_usage
+        self.chat = chat
         self.usage_seen = False
         self.deltas = 0
-        self.chat = True
 
     def _complete(self, lines: bytes) -> bytes:
         # One byte search per marker and chunk; the exact forms are checked only on a hit.
@@ -140,7 +145,7 @@ class SseRelay(_Lines):
         return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-class NdjsonRelay(_Lines):
+class NdjsonRelay(LineSplitter):
     """An Ollama NDJSON stream: JSON lines, the last one with `"done": true` and the counts."""
 
     def _complete(self, lines: bytes) -> bytes:
@@ -185,7 +190,7 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-class RawRelay(_Lines):
+class RawRelay(LineSplitter):
     """Any other stream (e.g. `/v1/responses` events): forwarded whole, nothing read."""
 
     def __init__(self, rename: Rename | None) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from relais_gateway.errors import InvalidRequest, UpstreamError
+from relais_gateway.relay import LineSplitter
 
 Json = dict[str, Any]
 
@@ -303,33 +304,22 @@ def embed_answer(data: Json, model: str, started: float, *, legacy: bool) -> Jso
     }
 
 
-class StreamTranslator:
+class StreamTranslator(LineSplitter):
     """OpenAI SSE lines in, Ollama NDJSON lines out, for one streamed answer."""
 
     def __init__(self, model: str, chat: bool, started: float) -> None:
+        super().__init__(rename=None)  # the lines are written here, with the served name
         self.model = model
         self.chat = chat
         self.started = started
-        self.ended = False
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.lines = 0
         self._reason: str | None = None
         self._usage: Json | None = None
         self._calls: dict[int, Json] = {}
-        self._tail = b""
         head = orjson.dumps({"model": model})[:-1]
         self._head = head + b',"created_at":'
 
-    def feed(self, data: bytes) -> bytes:
-        data = self._tail + data
-        cut = data.rfind(b"\n") + 1
-        self._tail = data[cut:]
-        return b"".join(self._lines(data[:cut].split(b"\n")))
-
-    def close(self) -> bytes:
-        tail, self._tail = self._tail, b""
-        return b"".join(self._lines([tail]))
+    def _complete(self, lines: bytes) -> bytes:
+        return b"".join(self._lines(lines.split(b"\n")))
 
     def _lines(self, lines: list[bytes]) -> Iterator[bytes]:
         for line in lines:

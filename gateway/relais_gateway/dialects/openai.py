@@ -160,12 +160,11 @@ async def _forward(
         asked = isinstance(options, dict) and bool(options.get("include_usage"))
         if not raw and not asked:  # usage feeds the token metrics; the client did not ask for it
             body["stream_options"] = {**(options or {}), "include_usage": True}
-        reader: RawRelay | SseRelay
-        if raw:
-            reader = RawRelay(rename)
-        else:
-            reader = SseRelay(rename, strip_usage=not asked, add_usage=asked)
-            reader.chat = path == CHAT
+        reader: RawRelay | SseRelay = (
+            RawRelay(rename)
+            if raw
+            else SseRelay(rename, strip_usage=not asked, add_usage=asked, chat=path == CHAT)
+        )
         return await stream(gateway, backend, path, body, request, reader, SSE, SSE_HEADERS, prefix)
     reply = await whole(gateway, backend, path, body, request, prefix)
     data = _parsed(reply.body) if not raw or path == EMBEDDINGS else None
