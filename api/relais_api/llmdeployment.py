@@ -108,9 +108,61 @@ class Toleration(_Model):
     toleration_seconds: int | None = None
 
 
+DEFAULT_MAX_SEQUENCES = 16
+DEFAULT_MAX_INPUTS = 256
+
+
 class RequestLimits(_Model):
+    """`spec.requestLimits`: what one request may ask of the model (the gateway enforces them)."""
+
     max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens_policy: Literal["Cap", "Reject"] = "Cap"
+    """Cap: a larger ask (or none) is lowered to `max_tokens`; Reject: a larger ask is a 400."""
     max_concurrent_requests: int | None = Field(default=None, ge=1)
+    max_sequences_per_request: int = Field(default=DEFAULT_MAX_SEQUENCES, ge=1)
+    """Prompts x max(n, best_of) of one request; they also count against the concurrency."""
+    max_inputs_per_request: int = Field(default=DEFAULT_MAX_INPUTS, ge=1)
+    """Inputs of one embedding request."""
+
+
+class OllamaOptions(_Model):
+    """`spec.ollamaOptions`: Ollama runtime options that reload the model for every client.
+
+    The deployment owns them: the gateway strips them from client requests and sends these.
+    """
+
+    num_ctx: int | None = Field(default=None, ge=1)
+    num_batch: int | None = Field(default=None, ge=1)
+    num_gpu: int | None = Field(default=None, ge=-1)
+    main_gpu: int | None = Field(default=None, ge=0)
+    num_thread: int | None = Field(default=None, ge=1)
+    use_mmap: bool | None = Field(default=None)
+    use_mlock: bool | None = Field(default=None)
+
+    def as_options(self) -> dict[str, int | bool]:
+        """The set options under Ollama's own (snake_case) names."""
+        return {k: v for k, v in self.model_dump(by_alias=False).items() if v is not None}
+
+
+# Ollama `options` that change the loaded model (context, batch, GPU layers, threads, memory
+# mapping) for every client of a replica: only the deployment sets them (`spec.ollamaOptions`).
+OLLAMA_RUNTIME_OPTIONS = frozenset(
+    {
+        "num_ctx",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "num_thread",
+        "use_mmap",
+        "use_mlock",
+        "numa",
+        "low_vram",
+        "vocab_only",
+        "num_keep",
+        "f16_kv",
+        "logits_all",
+    }
+)
 
 
 class Autoscaling(_Model):
@@ -145,6 +197,25 @@ class AutoscalingStatus(_Model):
     last_scale_time: datetime.datetime | None = None
 
 
+Task = Literal["generate", "embed"]
+_POOLING_VALUES = {
+    "--runner": {"pooling"},
+    "--convert": {"embed", "classify", "reward"},
+    "--task": {"embed", "embedding", "classify", "score", "reward"},
+}
+
+
+def _pooling(args: list[str]) -> bool:
+    """Whether vLLM `args` start a pooling (embedding) server rather than a generating one."""
+    for index, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if not eq and index + 1 < len(args):
+            value = args[index + 1]
+        if value in _POOLING_VALUES.get(flag, ()):
+            return True
+    return False
+
+
 def _engines_text(engines: frozenset[str]) -> str:
     return " or ".join(sorted(engines))
 
@@ -169,6 +240,19 @@ class LLMDeploymentSpec(_Model):
     request_limits: RequestLimits = Field(default_factory=RequestLimits)
     autoscaling: Autoscaling | None = None
     routing: Routing = Field(default_factory=Routing)
+    ollama_options: OllamaOptions | None = None
+
+    @property
+    def task(self) -> Task | None:
+        """What the deployment serves, where the engine serves one job: vLLM's `--runner pooling`
+        (with `--convert embed`, or the older `--task embed`) makes an embedding server that
+        answers no chat, and any other vLLM or TGI server generates. None: both (Ollama embeds
+        with any model, and what it lacks it answers itself)."""
+        if self.engine == "vllm":
+            return "embed" if _pooling(self.args) else "generate"
+        if self.engine == "tgi":
+            return "generate"
+        return None
 
     @property
     def effective_served_model_name(self) -> str:
@@ -199,6 +283,8 @@ class LLMDeploymentSpec(_Model):
                 f"with engine {hf}, model must be a Hugging Face repo id such as"
                 " google/gemma-2-2b-it"
             )
+        if self.engine != "ollama" and self.ollama_options is not None:
+            raise ValueError("ollamaOptions is only valid with engine ollama")
         if self.engine == "ollama" and " " in self.model:
             raise ValueError(
                 "with engine ollama, model must be an Ollama tag such as qwen2.5:7b-instruct"

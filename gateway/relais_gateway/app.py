@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from relais_gateway.admission import Admission
-from relais_gateway.auth import Authenticator
+from relais_gateway.auth import Authenticator, FailureThrottle
 from relais_gateway.balancer import Balancer
 from relais_gateway.config import AuthConfig, load_auth_file, load_static_auth, load_static_config
 from relais_gateway.deps import GatewayDep
@@ -93,6 +94,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reloading = asyncio.create_task(reloader.run()) if reloader is not None else None
+        management = await serve_metrics(settings, metrics) if settings.metrics_port else None
         async with upstream_session(settings) as session:
             upstream = Upstream(session, settings, balancer, metrics)
             gateway = Gateway(
@@ -108,12 +110,16 @@ def create_app(
                 await source.stop()
                 if reloading is not None:
                     reloading.cancel()
+                if management is not None:
+                    await management.cleanup()
 
     app = GatewayApp(
         title="Relais gateway",
         summary="One OpenAI- and Ollama-compatible endpoint for every model",
         version=ollama._relais_version(),
         lifespan=lifespan,
+        # A trailing-slash redirect would build its Location from the client's Host header.
+        redirect_slashes=False,
         # FastAPI's OpenTelemetry hooks cost a provider lookup per request; we export Prometheus.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -122,7 +128,7 @@ def create_app(
     app.include_router(ollama.router)
     app.include_router(ollama.root_router)
     _document_request_bodies(app, openai.REQUEST_MODELS + ollama.REQUEST_MODELS)
-    _add_operational_routes(app, metrics)
+    _add_operational_routes(app, metrics, on_api_port=settings.metrics_port is None)
     _add_error_handlers(app)
     fast_routes = {
         "/v1/chat/completions": openai.chat_completions,
@@ -135,7 +141,10 @@ def create_app(
     app.edge = EdgeMiddleware(
         partial(FastAPI.__call__, app),
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
         metrics=metrics,
+        authenticator=authenticator,
+        throttle=FailureThrottle(settings.auth_failures_per_minute),
         fast_routes=fast_routes,
     )
     return app
@@ -182,20 +191,45 @@ async def _drain(balancer: Balancer, grace_s: float) -> None:
         await asyncio.sleep(0.05)
 
 
-def _add_operational_routes(app: FastAPI, metrics: Metrics) -> None:
+async def serve_metrics(settings: Settings, metrics: Metrics) -> web.AppRunner:
+    """The management port: /metrics alone, so the API port (and whatever exposes it: a public
+    Service, an Ingress) never shows models, engine addresses or key names."""
+
+    async def prometheus(request: web.Request) -> web.Response:
+        del request
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    management = web.Application()
+    management.router.add_get("/metrics", prometheus)
+    runner = web.AppRunner(management, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.metrics_port).start()
+    return runner
+
+
+def _add_operational_routes(app: FastAPI, metrics: Metrics, *, on_api_port: bool) -> None:
     @app.get("/healthz", tags=["Operations"], summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["Operations"], summary="Readiness: backends known, not draining")
+    @app.get(
+        "/readyz",
+        tags=["Operations"],
+        summary="Readiness: the gateway has its first complete view of the models and is not"
+        " draining. It does not say that any model has a ready replica (requests for a model"
+        " with none wait for one, or get 503).",
+    )
     async def readyz(gateway: GatewayDep) -> Response:
         ready = gateway.source.ready and not gateway.draining
         body = b'{"status":"ready"}' if ready else b'{"status":"not ready"}'
         return Response(body, 200 if ready else 503, media_type="application/json")
 
-    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if on_api_port:  # else on RELAIS_GATEWAY_METRICS_PORT only (see serve_metrics)
+
+        @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+        async def prometheus() -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _document_request_bodies(app: FastAPI, models: tuple[type[BaseModel], ...]) -> None:

@@ -6,14 +6,15 @@ and lookups take constant time. Keys and prompts are never logged; the key's `na
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from relais_gateway.config import ApiKey, AuthConfig
-from relais_gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited
+from relais_gateway.errors import AuthenticationFailed, InvalidRequest, RateLimited
 
 
 @dataclass(slots=True)
@@ -110,12 +111,81 @@ class Authenticator:
         return caller
 
     @staticmethod
-    def authorize(caller: Caller, model: str) -> None:
-        """403 when the key may not use `model`; 429 + Retry-After when over its rate."""
-        if not caller.allows(model):
-            raise PermissionDenied(f"this API key may not use model {model!r}", param="model")
+    def limit_rate(caller: Caller) -> None:
+        """429 + Retry-After when the key is over its rate (one request taken otherwise)."""
         if caller.bucket is not None and (wait := caller.bucket.take()) > 0:
             raise RateLimited(
                 f"rate limit of {caller.bucket.rate_per_min} requests per minute exceeded",
                 retry_after_s=math.ceil(wait),
             )
+
+
+def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
+    """(the key a request presents, whether its `Authorization` header is malformed).
+
+    A key comes as `Authorization: Bearer <key>` (OpenAI, Ollama clients) or `x-api-key: <key>`
+    (Anthropic clients). Two Authorization headers, or a Bearer and an x-api-key that differ,
+    are ambiguous: which one a proxy or the gateway would read differs, so they are a 400.
+    """
+    bearers = [value for name, value in headers if name == b"authorization"]
+    api_keys = [value for name, value in headers if name == b"x-api-key"]
+    if len(bearers) > 1 or len(api_keys) > 1:
+        raise InvalidRequest(
+            "more than one Authorization or x-api-key header", code="ambiguous_key"
+        )
+    malformed, key = False, None
+    if bearers:
+        scheme, _, credentials = bearers[0].decode("latin-1").partition(" ")
+        key = credentials.strip()
+        malformed = scheme.lower() != "bearer" or not key
+    if api_keys:
+        other = api_keys[0].decode("latin-1").strip()
+        if key is not None and other != key:
+            raise InvalidRequest(
+                "the Authorization and x-api-key headers hold different keys", code="ambiguous_key"
+            )
+        key, malformed = other, False
+    return key, malformed
+
+
+class FailureThrottle:
+    """Failed authentications per client address in the last minute; past `per_minute`, the
+    address gets 429 (even with a right key) until its failures age out.
+
+    Bounded: at most `max_clients` addresses are tracked, the oldest forgotten first.
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 10_000,
+    ) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._max_clients = max_clients
+        self._failures: dict[str, collections.deque[float]] = {}
+
+    def check(self, address: str) -> None:
+        """429 + Retry-After when `address` failed too often in the last minute."""
+        failures = self._failures.get(address)
+        if failures is None:
+            return
+        now = self._clock()
+        while failures and failures[0] <= now - 60:
+            failures.popleft()
+        if not failures:
+            del self._failures[address]
+        elif len(failures) >= self.per_minute:
+            raise RateLimited(
+                "too many failed authentications from this address",
+                retry_after_s=math.ceil(failures[0] + 60 - now),
+                code="too_many_auth_failures",
+            )
+
+    def failed(self, address: str) -> None:
+        failures = self._failures.pop(address, None) or collections.deque()
+        failures.append(self._clock())
+        self._failures[address] = failures  # most recent last: eviction takes the oldest
+        if len(self._failures) > self._max_clients:
+            del self._failures[next(iter(self._failures))]

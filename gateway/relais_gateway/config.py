@@ -17,11 +17,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RequestLimits(_Strict):
-    """Per-deployment limits the gateway enforces before a request reaches an engine."""
+class RequestLimits(relais_api.RequestLimits):
+    """The LLMDeployment's `requestLimits` block, as in the CRD; unknown keys are a typo here."""
 
-    maxTokens: int | None = Field(default=None, gt=0)
-    maxConcurrentRequests: int | None = Field(default=None, gt=0)
+    model_config = ConfigDict(**{**relais_api.RequestLimits.model_config, "extra": "forbid"})
+
+
+class OllamaOptions(relais_api.OllamaOptions):
+    """The LLMDeployment's `ollamaOptions`, under Ollama's own names (`num_ctx`) or the CRD's."""
+
+    model_config = ConfigDict(**{**relais_api.OllamaOptions.model_config, "extra": "forbid"})
 
 
 class Routing(relais_api.Routing):
@@ -43,6 +48,14 @@ class StaticDeployment(_Strict):
     endpoints: list[str] = Field(default_factory=list)
     requestLimits: RequestLimits = Field(default_factory=RequestLimits)
     routing: Routing = Field(default_factory=Routing)
+    task: relais_api.Task | None = None
+    """What the engine serves when it serves one job (as a vLLM server does): `generate` (chat,
+    completions) or `embed` (embeddings, rerank, score); unset: whatever the engine serves."""
+    ollamaOptions: OllamaOptions | None = None
+    """Ollama runtime options the deployment owns (engine ollama)."""
+
+    def ollama_options(self) -> dict[str, int | bool]:
+        return self.ollamaOptions.as_options() if self.ollamaOptions is not None else {}
 
     @field_validator("endpoints")
     @classmethod

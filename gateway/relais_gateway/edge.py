@@ -1,7 +1,10 @@
-"""The ASGI edge every HTTP request passes first: request id, body size limit, request log, metrics.
+"""The ASGI edge every HTTP request passes first: request id, authentication, body limits, log,
+metrics.
 
-Pure ASGI, and outermost: `GatewayApp` calls it before FastAPI's own middleware stack. The body
-is read here, counted against the limit before any parsing (chunked bodies too), and replayed.
+Pure ASGI, and outermost: `GatewayApp` calls it before FastAPI's own middleware stack. The key is
+checked here, before the body is read, so a caller without a key learns nothing from the gateway
+but 401 (and an address that keeps failing, 429). The body is then read within its time limit,
+counted against the size limit before any parsing (chunked bodies too), and replayed.
 
 It is also the generation routes' fast path: POSTs to those paths call the route's endpoint
 directly (the same function FastAPI registers and documents), skipping FastAPI's middleware,
@@ -11,6 +14,7 @@ upstream call. Errors there are rendered by the same `render_error` as FastAPI's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -21,7 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relais_gateway.errors import GatewayError, PayloadTooLarge, render_error
+from relais_gateway.auth import Authenticator, FailureThrottle, presented_key
+from relais_gateway.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    PayloadTooLarge,
+    RequestTimeout,
+    render_error,
+)
 from relais_gateway.logs import request_log
 from relais_gateway.metrics import Metrics
 
@@ -47,6 +58,11 @@ API_ROUTES = frozenset(
 )
 """Routes counted in the request metrics and log by their own path (others: by prefix)."""
 
+PUBLIC_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"})
+"""Routes anyone may call: probes, the metrics when they share the API port, the API docs."""
+PROBE_ROUTES = frozenset({"/", "/api/version"})
+"""Ollama's liveness routes: open without a key (health checks), but a wrong key is a 401."""
+
 
 def _valid_request_id(value: str) -> bool:
     return 0 < len(value) <= 128 and value.isascii() and value.isprintable()
@@ -60,12 +76,18 @@ class EdgeMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        body_timeout_s: float,
         metrics: Metrics,
+        authenticator: Authenticator,
+        throttle: FailureThrottle,
         fast_routes: Mapping[str, Endpoint],
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics
+        self.authenticator = authenticator
+        self.throttle = throttle
         self.fast_routes = fast_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,26 +97,28 @@ class EdgeMiddleware:
         started = time.perf_counter()
         rid = ""
         length = -1
-        authorization: str | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 rid = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
-            elif name == b"authorization":
-                authorization = value.decode("latin-1")
         if not _valid_request_id(rid):
             rid = os.urandom(16).hex()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = rid
         state["started"] = started
-        state["authorization"] = authorization
         rid_header = (b"x-request-id", rid.encode())
         try:
-            body_receive = await self._read_body(scope, receive, length)
+            try:
+                self._authenticate(scope, state)
+                body_receive = await self._read_body(scope, receive, length)
+            except GatewayError as exc:
+                await self._reject(exc, scope, rid_header, send)
+                return
             endpoint = self.fast_routes.get(scope["path"]) if scope["method"] == "POST" else None
             if body_receive is None:
-                await self._reject_too_large(scope, rid_header, send)
+                too_large = f"request body over the limit of {self.max_body_bytes} bytes"
+                await self._reject(PayloadTooLarge(too_large), scope, rid_header, send)
             elif endpoint is not None:
                 await _call_endpoint(endpoint, scope, body_receive, send, rid_header)
             else:
@@ -116,25 +140,52 @@ class EdgeMiddleware:
 
         await self.app(scope, receive, send_with_id)
 
+    def _authenticate(self, scope: Scope, state: dict[str, Any]) -> None:
+        """Who calls, from the headers alone (401, 400 for ambiguous keys, 429 for an address
+        that keeps failing); public routes pass without a key."""
+        path: str = scope["path"]
+        if path in PUBLIC_ROUTES or scope["method"] == "OPTIONS":
+            return
+        key, malformed = presented_key(scope["headers"])
+        if path in PROBE_ROUTES and key is None and not malformed:
+            return
+        client = scope.get("client")
+        address = client[0] if client else "-"
+        self.throttle.check(address)
+        try:
+            caller = self.authenticator.authenticate(key, malformed=malformed)
+        except AuthenticationFailed:
+            self.throttle.failed(address)
+            raise
+        state["caller"] = caller.name
+        state["caller_policy"] = caller
+
     async def _read_body(self, scope: Scope, receive: Receive, length: int) -> Receive | None:
-        """A receive that replays the whole body, or None when it is over the limit."""
+        """A receive that replays the whole body, or None when it is over the limit (408 when
+        it does not arrive within the body timeout)."""
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return receive
         if length > self.max_body_bytes:
             return None
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return receive  # disconnected: the app sees it on its own receive
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return receive  # disconnected: the app sees it on its own receive
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        return None
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self.body_timeout_s:g} s"
+            ) from None
         body = b"".join(chunks)
         scope["state"]["body"] = body
         replay: list[Message] = [{"type": "http.request", "body": body}]
@@ -144,13 +195,15 @@ class EdgeMiddleware:
 
         return replay_receive
 
-    async def _reject_too_large(
-        self, scope: Scope, rid_header: tuple[bytes, bytes], send: Send
+    async def _reject(
+        self, error: GatewayError, scope: Scope, rid_header: tuple[bytes, bytes], send: Send
     ) -> None:
-        error = PayloadTooLarge(f"request body over the limit of {self.max_body_bytes} bytes")
-        status, _, body = render_error(error, scope["path"])
+        """Answer `error` before the body was read: the connection closes after it, since the
+        unread body would otherwise be taken for the next request."""
+        status, extra, body = render_error(error, scope["path"])
         scope["state"]["status"] = status
         headers = [(b"content-type", b"application/json"), (b"connection", b"close"), rid_header]
+        headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -164,7 +217,8 @@ class EdgeMiddleware:
         model = state.get("model", "")
         known = model if state.get("model_known") else "-"
         shown = state.get("status") or 499  # no response started: the client went away
-        self.metrics.observe_request(route, known, str(shown), elapsed)
+        key = state.get("caller") or "-"
+        self.metrics.observe_request(route, known, str(shown), elapsed, key)
         request_log.emit(
             {
                 "request_id": state["request_id"],

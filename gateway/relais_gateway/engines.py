@@ -3,7 +3,10 @@
 Every engine serves OpenAI-compatible routes (Ollama's `/v1/...`, TGI's Messages API, vLLM's and
 llama.cpp's servers), so OpenAI clients are forwarded to all of them. Only Ollama also speaks
 Ollama's native API; Ollama clients in front of any other engine go through `translate.py`.
-What differs is small: which routes an engine lacks, and TGI's form of `response_format`.
+What differs is small: which inference routes an engine serves, and TGI's `response_format`.
+
+`ROUTES` is the one list of what may reach an engine: inference, nothing else. Adapter loading,
+sleep and wake, cache resets, profiling and RPC are never forwarded, whatever the engine serves.
 """
 
 from __future__ import annotations
@@ -12,11 +15,42 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from relais_api import Task
+
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
+MESSAGES = "/v1/messages"
 
 Body = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An inference route: the task a model must serve for it, and its output-token field."""
+
+    task: Task
+    token_field: str | None = None
+    """Where the deployment's maxTokens goes when the client asks for none (None: no output)."""
+
+
+ROUTES: dict[str, Route] = {
+    CHAT: Route("generate", "max_tokens"),
+    COMPLETIONS: Route("generate", "max_tokens"),
+    RESPONSES: Route("generate", "max_output_tokens"),
+    MESSAGES: Route("generate", "max_tokens"),
+    "/v1/messages/count_tokens": Route("generate"),
+    "/v1/audio/transcriptions": Route("generate"),
+    "/v1/audio/translations": Route("generate"),
+    EMBEDDINGS: Route("embed"),
+    "/v1/rerank": Route("embed"),
+    "/v1/score": Route("embed"),
+}
+"""Every route the gateway forwards to an engine, by its path on the engine."""
+
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "num_predict")
+"""Every name an OpenAI-compatible engine reads as the output-token limit (capped wherever seen)."""
 
 
 def _unchanged(body: Body) -> Body:
@@ -30,8 +64,8 @@ class Engine:
     name: str
     native_ollama: bool = False
     """Speaks Ollama's native `/api/...` routes (Ollama clients are forwarded, not translated)."""
-    lacks: frozenset[str] = field(default_factory=frozenset)
-    """OpenAI routes the engine does not serve: the gateway answers 501 instead of forwarding."""
+    routes: frozenset[str] = field(default_factory=lambda: frozenset(ROUTES))
+    """The `ROUTES` the engine serves; for the others the gateway answers 501."""
     adapt_openai: Callable[[Body], Body] = _unchanged
     """Rewrites an OpenAI request body where the engine's wire format differs (in place)."""
 
@@ -58,9 +92,9 @@ def _tgi_response_format(body: Body) -> Body:
 ENGINES: dict[str, Engine] = {
     engine.name: engine
     for engine in (
-        Engine("ollama", native_ollama=True),
+        Engine("ollama", native_ollama=True, routes=frozenset({CHAT, COMPLETIONS, EMBEDDINGS})),
         # TGI serves no embeddings (it is a text-generation server; TEI is a separate product).
-        Engine("tgi", lacks=frozenset({EMBEDDINGS}), adapt_openai=_tgi_response_format),
+        Engine("tgi", routes=frozenset({CHAT, COMPLETIONS}), adapt_openai=_tgi_response_format),
         Engine("vllm"),
         # Any other OpenAI-compatible server (llama.cpp's, LM Studio, ...).
         Engine("openai"),

@@ -80,10 +80,10 @@ class AuthenticationFailed(GatewayError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
-class PermissionDenied(GatewayError):
-    status = 403
-    type = "permission_error"
-    code = "model_not_allowed"
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class RateLimited(GatewayError):
@@ -115,6 +115,12 @@ class UpstreamError(GatewayError):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+
+
+class UpstreamTooLarge(UpstreamError):
+    """The engine's answer (or one line of its stream) is over the gateway's limit."""
+
+    code = "upstream_answer_too_large"
 
 
 class UpstreamTimeout(GatewayError):
@@ -165,46 +171,62 @@ class NotSupported(GatewayError):
 
 
 class EngineRejected(GatewayError):
-    """The engine refused the request (4xx): its status and message are passed on."""
+    """The engine refused the request (4xx): its status, message, `param` and `code` are passed
+    on, in the client's dialect."""
 
     type = "invalid_request_error"
     code = "engine_rejected_request"
 
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, status: int, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, param=param, code=code)
         self.status = status
 
 
-def engine_message(body: bytes) -> str:
-    """The human message in an engine's error body, whatever its shape.
+def _text(value: Any, limit: int) -> str | None:
+    return str(value)[:limit] if isinstance(value, str | int) and str(value) else None
 
-    OpenAI and vLLM: `{"error": {"message": ...}}`; Ollama and TGI: `{"error": "..."}`;
-    older vLLM: `{"message": ...}`; anything else: the text itself.
+
+def engine_error(body: bytes) -> tuple[str, str | None, str | None]:
+    """(message, param, code) of an engine's error body, whatever its shape.
+
+    OpenAI and vLLM: `{"error": {"message", "type", "param", "code"}}`; Ollama and TGI:
+    `{"error": "..."}`; older vLLM: `{"message": ...}`; FastAPI: `{"detail": ...}`; anything
+    else: the text itself. Engine text is never trusted to be short or well-typed.
     """
     text = body.decode(errors="replace").strip()
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return text[:500]
+        return text[:500], None, None
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:500]
+            code = _text(error.get("code"), 100)
+            return str(error["message"])[:500], _text(error.get("param"), 100), code
         for value in (error, data.get("message"), data.get("detail")):
             if isinstance(value, str) and value:
-                return value[:500]
-    return text[:500]
+                return value[:500], None, None
+    return text[:500], None, None
+
+
+def engine_message(body: bytes) -> str:
+    """The human message in an engine's error body (see `engine_error`)."""
+    return engine_error(body)[0]
 
 
 def from_engine_status(status: int, body: bytes) -> GatewayError:
     """Map an engine's non-2xx answer to a gateway error (502/503 retryable, 4xx passed on)."""
-    detail = f"engine answered {status}: {engine_message(body)}"
+    message, param, code = engine_error(body)
+    detail = f"engine answered {status}: {message}"
     if status in RETRYABLE_STATUSES:
         return UpstreamError(detail, status=status, retryable=True)
     if status == 429:
         return RateLimited(detail, retry_after_s=1, code="engine_overloaded")
     if 400 <= status < 500:
-        return EngineRejected(detail, status=status)
+        numeric = code is None or code.isdigit()  # vLLM puts the HTTP status in `code`
+        return EngineRejected(detail, status=status, param=param, code=None if numeric else code)
     if status == 504:
         return UpstreamTimeout(detail)
     return UpstreamError(detail)
@@ -255,3 +277,19 @@ class ClientClosedRequest(GatewayError):
 
     status = 499
     type = "client_closed_request"
+
+
+class malformed_answer:
+    """Re-raise a failure to read an engine's answer (wrong shape, bad JSON) as a 502: an
+    engine's answer is never trusted to have the shape its API documents."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, KeyError | TypeError | ValueError | AttributeError | IndexError):
+            raise UpstreamError(f"the engine sent a malformed answer: {exc!r}"[:300]) from exc

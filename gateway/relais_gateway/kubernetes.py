@@ -120,8 +120,11 @@ def _backend(llmd: Obj, by_service: Mapping[tuple[str, str], list[Obj]]) -> Back
         model=served_model_name(llmd),
         engine_model=spec.engine_model_name,
         replicas=ready_urls(by_service.get((namespace, name), ())),
-        max_tokens=spec.request_limits.max_tokens,
-        max_concurrent=spec.request_limits.max_concurrent_requests,
+        limits=spec.request_limits,
+        task=spec.task,
+        ollama_options=tuple(spec.ollama_options.as_options().items())
+        if spec.ollama_options
+        else (),
         routing=spec.routing,
         autoscaled=scaling is not None and scaling.max_replicas >= 1,
         desired_replicas=spec.replicas,

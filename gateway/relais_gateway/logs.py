@@ -77,6 +77,15 @@ class RequestLog:
 request_log = RequestLog()
 
 
+def _without_query(record: logging.LogRecord) -> bool:
+    """uvicorn's access line without the query string: a key sent as `?key=...` by a careless
+    client must not land in the logs (the gateway's own request line logs the path alone)."""
+    args = record.args
+    if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+        record.args = (*args[:2], args[2].partition("?")[0], *args[3:])
+    return True
+
+
 def setup_logging(level: str) -> None:
     """Send every logger (uvicorn's too) to stderr as JSON lines at `level`."""
     handler = logging.StreamHandler(sys.stderr)
@@ -87,5 +96,6 @@ def setup_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").addFilter(_without_query)
     sys.stderr.flush()
     request_log.fd = sys.stderr.fileno()

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from relais_gateway.app import create_app
 from relais_gateway.logs import setup_logging
+from relais_gateway.server import BoundedHttpToolsProtocol
 from relais_gateway.settings import Settings
 
 
@@ -51,12 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
         print(f"relais-gateway: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    protocol = BoundedHttpToolsProtocol.configured(
+        settings.max_header_bytes, settings.header_timeout_s
+    )
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol,
         log_config=None,
         access_log=settings.access_log,
         timeout_keep_alive=settings.keep_alive_timeout_s,

@@ -70,8 +70,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "relais_gateway_requests",
-            "Requests answered, by route, model and HTTP status.",
-            ["route", "model", "status"],
+            "Requests answered, by route, model, HTTP status and API key name.",
+            ["route", "model", "status", "key"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -90,8 +90,15 @@ class Metrics:
         )
         self.tokens = Counter(
             "relais_gateway_tokens",
-            "Tokens processed, by model and kind (prompt or completion), as the engine reports.",
-            ["model", "kind"],
+            "Tokens processed, by API key name, model and kind (prompt or completion), as the"
+            " engine reports.",
+            ["key", "model", "kind"],
+            registry=self.registry,
+        )
+        self.capped = Counter(
+            "relais_gateway_capped_requests",
+            "Requests that asked for more output tokens than the model's maxTokens, and got it.",
+            ["model"],
             registry=self.registry,
         )
         self.upstream_failures = Counter(
@@ -127,32 +134,20 @@ class Metrics:
         self.auth_reload_ok.set(1)
         self.registry.register(_InflightCollector(balancer, admission))
         # `.labels()` hashes and locks on every call; the hot path looks its children up here.
-        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self._model_children: dict[str, tuple[Any, Any, Any]] = {}
+        self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._token_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
-    def observe_request(self, route: str, model: str, status: str, seconds: float) -> None:
-        """Count one answered request and its duration."""
-        key = (route, model, status)
-        children = self._request_children.get(key)
+    def observe_request(
+        self, route: str, model: str, status: str, seconds: float, key: str = "-"
+    ) -> None:
+        """Count one answered request (`key`: the API key's configured name) and its duration."""
+        labels = (route, model, status, key)
+        children = self._request_children.get(labels)
         if children is None:
-            children = (
-                self.requests.labels(route, model, status),
-                self.latency.labels(route, model),
-            )
-            self._request_children[key] = children
+            children = (self.requests.labels(*labels), self.latency.labels(route, model))
+            self._request_children[labels] = children
         children[0].inc()
         children[1].observe(seconds)
-
-    def _for_model(self, model: str) -> tuple[Any, Any, Any]:
-        children = self._model_children.get(model)
-        if children is None:
-            children = (
-                self.ttft.labels(model),
-                self.tokens.labels(model, "prompt"),
-                self.tokens.labels(model, "completion"),
-            )
-            self._model_children[model] = children
-        return children
 
     def auth_reloaded(self, ok: bool) -> None:
         self.auth_reloads.labels("ok" if ok else "error").inc()
@@ -162,11 +157,18 @@ class Metrics:
         self.wait.labels(model).observe(seconds)
 
     def observe_ttft(self, model: str, seconds: float) -> None:
-        self._for_model(model)[0].observe(seconds)
+        self.ttft.labels(model).observe(seconds)
 
-    def count_tokens(self, model: str, prompt: int, completion: int) -> None:
-        _, prompt_child, completion_child = self._for_model(model)
-        if prompt:
-            prompt_child.inc(prompt)
-        if completion:
-            completion_child.inc(completion)
+    def count_tokens(self, key: str, model: str, prompt: int, completion: int) -> None:
+        """Count the tokens of one answer (engine numbers, sanitised: never negative)."""
+        children = self._token_children.get((key, model))
+        if children is None:
+            children = (
+                self.tokens.labels(key, model, "prompt"),
+                self.tokens.labels(key, model, "completion"),
+            )
+            self._token_children[(key, model)] = children
+        if prompt > 0:
+            children[0].inc(prompt)
+        if completion > 0:
+            children[1].inc(completion)

@@ -11,11 +11,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from relais_api import Routing
+from relais_api import RequestLimits, Routing, Task
 
 from relais_gateway.balancer import LEAST_LOAD
 from relais_gateway.config import StaticDeployment
 from relais_gateway.engines import ENGINES, Engine
+
+NO_LIMITS = RequestLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +31,26 @@ class Backend:
     engine_model: str = ""
     """What the engine itself calls the model (Ollama: the tag it pulled); default `model`."""
     replicas: tuple[str, ...] = ()
-    max_tokens: int | None = None
-    max_concurrent: int | None = None
+    limits: RequestLimits = NO_LIMITS
+    task: Task | None = None
+    """What the model serves where it serves one job: `generate` (chat, completions) or `embed`
+    (embeddings, rerank, score); None: whatever its engine serves."""
+    ollama_options: tuple[tuple[str, int | bool], ...] = ()
+    """The deployment's Ollama runtime options, sent in place of any client's."""
     namespace: str | None = None
     routing: Routing = LEAST_LOAD
     autoscaled: bool = False
     """The LLMDeployment has `autoscaling`: with no ready replica, requests wait for one."""
     desired_replicas: int | None = None
     """`spec.replicas` (Kubernetes source): 0 means a request must ask for a replica."""
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.limits.max_tokens
+
+    @property
+    def max_concurrent(self) -> int | None:
+        return self.limits.max_concurrent_requests
 
     @property
     def upstream_model(self) -> str:
@@ -146,8 +160,9 @@ def backend_from_static(deployment: StaticDeployment) -> Backend:
         model=deployment.servedModelName,
         engine_model=deployment.model or deployment.servedModelName,
         replicas=tuple(deployment.endpoints),
-        max_tokens=deployment.requestLimits.maxTokens,
-        max_concurrent=deployment.requestLimits.maxConcurrentRequests,
+        limits=deployment.requestLimits,
+        task=deployment.task,
+        ollama_options=tuple(deployment.ollama_options().items()),
         routing=deployment.routing,
     )
 

@@ -43,6 +43,20 @@ def renamer(engine_name: str, served_name: str) -> Rename | None:
     return Rename(engine_name, served_name) if engine_name != served_name else None
 
 
+MAX_COUNT = 2**31 - 1
+
+
+def token_count(value: Any) -> int:
+    """An engine's token count as a number the gateway can use: a non-negative integer below
+    2**31 (an integral float is accepted); anything else (negative, text, huge) counts as 0.
+    Engine numbers are never trusted: they feed counters that must not go down or fail."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        return 0
+    return value
+
+
 class LineSplitter(abc.ABC):
     """Splits network chunks into runs of complete lines, keeping the partial tail; each kind of
     stream (the relays here, the translator in translate.py) handles those lines in `_complete`."""
@@ -62,6 +76,11 @@ class LineSplitter(abc.ABC):
         cut = data.rfind(b"\n") + 1
         self._tail = data[cut:]
         return self._complete(data[:cut]) if cut else b""
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a line not ended yet (bounded by the caller: an engine may never end it)."""
+        return len(self._tail)
 
     def close(self) -> bytes:
         """What is left when the engine's body ends (a last line with no newline)."""
@@ -132,8 +151,8 @@ class SseRelay(LineSplitter):
                 usage = data.get("usage") if isinstance(data, dict) else None
                 if isinstance(usage, dict):
                     self.usage_seen = True
-                    self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                    self.completion_tokens = int(usage.get("completion_tokens") or 0)
+                    self.prompt_tokens = token_count(usage.get("prompt_tokens"))
+                    self.completion_tokens = token_count(usage.get("completion_tokens"))
                     if self.strip_usage and not data.get("choices"):
                         continue  # the chunk we asked for on the client's behalf
             kept.append(line)
@@ -156,8 +175,8 @@ class NdjsonRelay(LineSplitter):
                     data = _loads(line)
                     if isinstance(data, dict) and data.get("done") is True:
                         self.ended = True
-                        self.prompt_tokens = int(data.get("prompt_eval_count") or 0)
-                        self.completion_tokens = int(data.get("eval_count") or 0)
+                        self.prompt_tokens = token_count(data.get("prompt_eval_count"))
+                        self.completion_tokens = token_count(data.get("eval_count"))
         return self.rename(lines) if self.rename is not None else lines
 
     @staticmethod

@@ -21,6 +21,7 @@ from starlette.types import Message, Receive
 from relais_gateway.admission import Admission
 from relais_gateway.auth import Authenticator, Caller
 from relais_gateway.balancer import Balancer
+from relais_gateway.engines import ROUTES
 from relais_gateway.errors import (
     ClientClosedRequest,
     InvalidModelOutput,
@@ -66,25 +67,31 @@ class Gateway:
         """The backends `caller` may use (for /v1/models and /api/tags)."""
         return [b for b in self.source.backends() if caller.allows(b.model)]
 
-    def admit(self, caller: Caller, model: str, max_tokens: int | None) -> Backend:
-        """The backend for `model` after the pre-flight checks (404, 403, 429, 400)."""
+    def admit(self, caller: Caller, model: str) -> Backend:
+        """The backend for `model` after the pre-flight checks (404, 429).
+
+        A model the key may not use answers exactly as an unknown one (as OpenAI's API does), so
+        a key cannot find out which models exist beyond its grant.
+        """
         backend = self.source.resolve(model)
-        if backend is None:
+        if backend is None or not caller.allows(model):
             raise ModelNotFound(f"model {model!r} not found", param="model")
-        self.authenticator.authorize(caller, model)
-        limit = backend.max_tokens
-        if limit is not None and max_tokens is not None and max_tokens > limit:
-            raise InvalidRequest(
-                f"max_tokens {max_tokens} exceeds the limit of {limit} for model {model!r}",
-                param="max_tokens",
-                code="max_tokens_exceeded",
-            )
+        self.authenticator.limit_rate(caller)
         return backend
 
     @staticmethod
     def require(backend: Backend, path: str) -> None:
-        """501 when the model's engine does not serve `path` (TGI has no embeddings)."""
-        if path in backend.kind.lacks:
+        """400 when the model does not serve `path`'s task (an embedding model asked for chat),
+        501 when its engine does not serve `path` (TGI has no embeddings)."""
+        route = ROUTES.get(path)
+        if route is not None and backend.task is not None and route.task != backend.task:
+            serves = "embeddings" if backend.task == "embed" else "text generation"
+            raise InvalidRequest(
+                f"model {backend.model!r} serves {serves} only; {path} is not available for it",
+                param="model",
+                code="unsupported_for_model",
+            )
+        if path not in backend.kind.routes:
             raise NotSupported(
                 f"model {backend.model!r} is served by {backend.engine}, which does not support"
                 f" {path}",
@@ -99,27 +106,36 @@ class Gateway:
         rid: str,
         started: float,
         prefix: str = "",
+        weight: int = 1,
     ) -> Reply:
-        """Forward a non-streamed request; the engine's whole 200 answer."""
+        """Forward a non-streamed request taking `weight` slots; the engine's whole 200 answer."""
+        payload = encode(body)
         return await cancel_on_disconnect(
-            receive, self._whole(backend, path, orjson.dumps(body), rid, started, prefix)
+            receive, self._whole(backend, path, payload, rid, started, prefix, weight)
         )
 
     async def _whole(
-        self, backend: Backend, path: str, payload: bytes, rid: str, started: float, prefix: str
+        self,
+        backend: Backend,
+        path: str,
+        payload: bytes,
+        rid: str,
+        started: float,
+        prefix: str,
+        weight: int,
     ) -> Reply:
         backend = await self._ready(backend)
-        await self._enter(backend)
+        slots = await self._enter(backend, weight)
         try:
             reply = await self.upstream.whole(backend, path, payload, rid, prefix)
         finally:
-            self._leave(backend)
+            self._leave(backend, slots)
         self.metrics.observe_ttft(backend.model, time.perf_counter() - started)
         return reply
 
     async def lookup(self, backend: Backend, path: str, body: Json, rid: str) -> Reply:
         """A metadata call (e.g. Ollama's /api/show): no concurrency slot, no generation metrics."""
-        return await self.upstream.whole(backend, path, orjson.dumps(body), rid)
+        return await self.upstream.whole(backend, path, encode(body), rid)
 
     async def open_stream(
         self,
@@ -130,10 +146,11 @@ class Gateway:
         rid: str,
         started: float,
         prefix: str = "",
+        weight: int = 1,
     ) -> tuple[bytes, AsyncGenerator[bytes, None]]:
-        """Start a streamed request: its first chunk (errors before it are plain HTTP errors)
-        and the generator of the rest (the caller closes it)."""
-        chunks = self._stream(backend, path, orjson.dumps(body), rid, prefix)
+        """Start a streamed request taking `weight` slots: its first chunk (errors before it are
+        plain HTTP errors) and the generator of the rest (the caller closes it)."""
+        chunks = self._stream(backend, path, encode(body), rid, prefix, weight)
         try:
             first = await cancel_on_disconnect(receive, anext(chunks))
         except BaseException:
@@ -143,15 +160,15 @@ class Gateway:
         return first, chunks
 
     async def _stream(
-        self, backend: Backend, path: str, payload: bytes, rid: str, prefix: str
+        self, backend: Backend, path: str, payload: bytes, rid: str, prefix: str, weight: int
     ) -> AsyncGenerator[bytes, None]:
         backend = await self._ready(backend)
-        await self._enter(backend)
+        slots = await self._enter(backend, weight)
         try:
             async for chunk in self.upstream.stream(backend, path, payload, rid, prefix):
                 yield chunk
         finally:
-            self._leave(backend)
+            self._leave(backend, slots)
 
     async def _ready(self, backend: Backend) -> Backend:
         """`backend` with a ready replica: at once, or after a cold start (autoscaled models)."""
@@ -211,13 +228,22 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _enter(self, backend: Backend) -> None:
-        await self.admission.acquire(backend.model, backend.max_concurrent)
+    async def _enter(self, backend: Backend, weight: int) -> int:
+        slots = await self.admission.acquire(backend.model, backend.max_concurrent, weight)
         self.balancer.begin_model(backend.model)
+        return slots
 
-    def _leave(self, backend: Backend) -> None:
+    def _leave(self, backend: Backend, slots: int) -> None:
         self.balancer.end_model(backend.model)
-        self.admission.release(backend.model)
+        self.admission.release(backend.model, slots)
+
+
+def encode(body: Json) -> bytes:
+    """The body for the engine; 400 when it nests deeper than JSON can be re-encoded (255)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise InvalidRequest("the JSON body nests too deeply", code="json_too_deep") from None
 
 
 async def cancel_on_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:

@@ -26,7 +26,22 @@ class Settings(BaseSettings):
     log_level: str = "info"
     access_log: bool = False
 
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve /metrics on this management port only (not on the API port); unset: on the API port."""
+
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_header_bytes: int = Field(default=65_536, ge=1024)
+    """Request line and headers together; beyond it, 431 before anything else is read."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """A request's line and headers must arrive within this, else the connection is closed."""
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """A request's body must arrive within this, else 408."""
+    max_upstream_body_bytes: int = Field(default=64 * 1_048_576, gt=0)
+    """An engine's whole (non-streamed) answer; beyond it, 502."""
+    max_upstream_line_bytes: int = Field(default=8 * 1_048_576, gt=0)
+    """One line of an engine's stream; beyond it, the stream ends with an in-band error."""
+    auth_failures_per_minute: int = Field(default=30, ge=1)
+    """Failed authentications one client address may make per minute; beyond them, 429."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
     first_byte_timeout_s: float = Field(default=300.0, gt=0)
     """Wait for the engine's first byte; for non-streamed requests that is the whole answer."""

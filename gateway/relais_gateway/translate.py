@@ -18,28 +18,26 @@ from typing import Any
 import orjson
 
 from relais_gateway.errors import InvalidRequest, UpstreamError
-from relais_gateway.relay import LineSplitter
+from relais_gateway.relay import LineSplitter, token_count
 
 Json = dict[str, Any]
 
-# Ollama `options` that have an OpenAI (or vLLM/TGI extra) request field of another name.
-OPTION_NAMES = {"num_predict": "max_tokens", "repeat_penalty": "repetition_penalty"}
-# Options about the runtime, not the request: Relais manages the engine, so they have no meaning.
-RUNTIME_OPTIONS = frozenset(
-    {
-        "num_ctx",
-        "num_batch",
-        "num_gpu",
-        "main_gpu",
-        "num_thread",
-        "use_mmap",
-        "use_mlock",
-        "numa",
-        "low_vram",
-        "vocab_only",
-        "num_keep",
-    }
-)
+# Ollama's documented request `options` that OpenAI-compatible engines (vLLM, TGI, llama.cpp)
+# read too, under their name there. Every other option (the runtime ones: context size, GPU
+# layers, threads; Ollama-only sampling) is dropped, and so is anything undocumented: an option
+# never names a model, a stream or a limit on the engine's side.
+OPTION_NAMES = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "seed": "seed",
+    "stop": "stop",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repeat_penalty": "repetition_penalty",
+}
 IMAGE_TYPES = {
     "iVBOR": "image/png",
     "/9j/": "image/jpeg",
@@ -127,19 +125,13 @@ def response_format(fmt: Any) -> Json | None:
 
 
 def sampling(options: Json | None) -> Json:
-    """Ollama `options` as OpenAI request fields; ones without an equivalent keep their name
-    (vLLM and TGI read `top_k`, `min_p`, `repetition_penalty`... and ignore what they do not know),
-    except the runtime ones, which a managed engine has no use for."""
-    out: Json = {}
-    for key, value in (options or {}).items():
-        if key in RUNTIME_OPTIONS or value is None:
-            continue
-        if key == "num_predict":
-            if isinstance(value, int) and value > 0:
-                out["max_tokens"] = value
-            continue
-        out[OPTION_NAMES.get(key, key)] = value
-    return out
+    """Ollama `options` as OpenAI request fields (`OPTION_NAMES`); the output-token limit
+    (`num_predict`) is the gateway's to decide and comes separately."""
+    return {
+        OPTION_NAMES[key]: value
+        for key, value in (options or {}).items()
+        if key in OPTION_NAMES and value is not None
+    }
 
 
 def _think(value: Any) -> Json:
@@ -150,30 +142,35 @@ def _think(value: Any) -> Json:
     return {}
 
 
-def _common(body: Json, model: str, stream: bool) -> Json:
-    out: Json = {"model": model, "stream": stream, **sampling(body.get("options"))}
-    if stream:
-        out["stream_options"] = {"include_usage": True}
+def _common(body: Json, stream: bool, max_tokens: int | None) -> Json:
+    """The fields chat and generate share; the fields the gateway owns are written last (the
+    model is written by `owned.own_openai`)."""
+    out = sampling(body.get("options"))
     if (fmt := response_format(body.get("format"))) is not None:
         out["response_format"] = fmt
     if body.get("tools"):
         out["tools"] = body["tools"]
     out.update(_think(body.get("think")))
+    if max_tokens is not None:
+        out["max_tokens"] = max_tokens
+    out["stream"] = stream
+    if stream:
+        out["stream_options"] = {"include_usage": True}
     return out
 
 
-def chat_request(body: Json, model: str, stream: bool) -> Json:
+def chat_request(body: Json, stream: bool, max_tokens: int | None) -> Json:
     """An Ollama `/api/chat` body as an OpenAI `/v1/chat/completions` body."""
-    return {**_common(body, model, stream), "messages": messages(body.get("messages") or [])}
+    return {"messages": messages(body.get("messages") or []), **_common(body, stream, max_tokens)}
 
 
-def generate_request(body: Json, model: str, stream: bool) -> tuple[bool, Json]:
+def generate_request(body: Json, stream: bool, max_tokens: int | None) -> tuple[bool, Json]:
     """An Ollama `/api/generate` body as (is chat, OpenAI body).
 
     Ollama applies the model's template unless `raw` is set, so a plain generate is a chat turn
     (system + user); `raw` (and `suffix`, fill-in-the-middle) are plain completions.
     """
-    out = _common(body, model, stream)
+    out = _common(body, stream, max_tokens)
     prompt = str(body.get("prompt") or "")
     if body.get("raw") or body.get("suffix"):
         out.pop("tools", None)
@@ -204,15 +201,15 @@ def done_reason(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _counts(usage: Json | None, started: float) -> Json:
-    usage = usage or {}
+def _counts(usage: Any, started: float) -> Json:
+    usage = usage if isinstance(usage, dict) else {}
     total = int((time.perf_counter() - started) * 1e9)
     return {
         "total_duration": total,
         "load_duration": 0,
-        "prompt_eval_count": int(usage.get("prompt_tokens") or 0),
+        "prompt_eval_count": token_count(usage.get("prompt_tokens")),
         "prompt_eval_duration": 0,
-        "eval_count": int(usage.get("completion_tokens") or 0),
+        "eval_count": token_count(usage.get("completion_tokens")),
         "eval_duration": total,
     }
 
@@ -364,9 +361,9 @@ class StreamTranslator(LineSplitter):
 
     def _end(self) -> Iterator[bytes]:
         self.ended = True
-        usage = self._usage or {}
-        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens = int(usage.get("completion_tokens") or 0) or self.lines
+        usage = self._usage if isinstance(self._usage, dict) else {}
+        self.prompt_tokens = token_count(usage.get("prompt_tokens"))
+        self.completion_tokens = token_count(usage.get("completion_tokens")) or self.lines
         if self._calls:
             calls = ollama_tool_calls([self._calls[i] for i in sorted(self._calls)])
             yield self._line({**_piece(True, "", "", calls), "done": False})

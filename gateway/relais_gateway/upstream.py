@@ -21,6 +21,7 @@ from relais_gateway.errors import (
     NoReadyReplica,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamTooLarge,
     from_engine_status,
     upstream_errors,
 )
@@ -132,13 +133,13 @@ class Upstream:
     async def _exchange(self, url: str, payload: bytes, request_id: str) -> Reply:
         resp = await self.session.post(url, data=payload, headers=self._headers(request_id))
         try:
-            body = await resp.read()
+            if resp.status != 200:
+                raise from_engine_status(resp.status, await resp.content.read(ERROR_BODY_LIMIT))
+            body = await read_bounded(resp, self.settings.max_upstream_body_bytes)
         except BaseException:
             resp.close()  # never hand a half-read connection back to the pool
             raise
         resp.release()
-        if resp.status != 200:
-            raise from_engine_status(resp.status, body[:ERROR_BODY_LIMIT])
         return Reply(resp.headers.get("Content-Type", "application/json"), body)
 
     async def _open(
@@ -258,6 +259,21 @@ before_network_wait: ContextVar[Callable[[], Awaitable[None]] | None] = ContextV
 Chunks decoded from one network read are then sent to the client in one write, and nothing is
 held back while the gateway waits for more: chunks stay unbuffered, writes stay few.
 """
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A whole answer of at most `limit` bytes (502 beyond: an engine must not exhaust memory)."""
+    length = resp.content_length
+    if length is not None and length > limit:
+        raise UpstreamTooLarge(f"the engine's answer of {length} bytes is over the {limit} limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamTooLarge(f"the engine's answer is over the {limit} bytes limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def read_upstream(reader: aiohttp.StreamReader, timeout_s: float) -> bytes:

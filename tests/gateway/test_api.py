@@ -281,13 +281,15 @@ def test_metrics(gateway: GatewayServer) -> None:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     text = httpx.get(gateway.url + "/metrics").text
     route = 'route="/v1/chat/completions"'
+    key = 'key="anonymous"'  # auth is off here; with keys, the key's configured name
     assert (
-        f'relais_gateway_requests_total{{model="{OLLAMA_MODEL}",{route},status="200"}} 1.0' in text
+        f'relais_gateway_requests_total{{{key},model="{OLLAMA_MODEL}",{route},status="200"}} 1.0'
+        in text
     )
     assert 'model="-"' in text  # unknown model names never become label values
     assert "nope" not in text
     assert f'relais_gateway_time_to_first_token_seconds_count{{model="{TGI_MODEL}"}} 1.0' in text
-    assert f'relais_gateway_tokens_total{{kind="completion",model="{TGI_MODEL}"}}' in text
+    assert f'relais_gateway_tokens_total{{{key},kind="completion",model="{TGI_MODEL}"}}' in text
     assert "relais_gateway_request_duration_seconds_bucket" in text
     assert "relais_gateway_inflight_requests{endpoint=" in text
 

@@ -51,14 +51,15 @@ def test_chat_request_carries_images_tools_and_options() -> None:
         "think": False,
         "keep_alive": "5m",
     }
-    out = translate.chat_request(body, "engine-name", stream=True)
-    assert out["model"] == "engine-name"
+    out = translate.chat_request(body, stream=True, max_tokens=5)
+    assert "model" not in out  # the gateway writes it last (owned.own_openai)
     assert out["stream_options"] == {"include_usage": True}
     assert out["tools"] == tools
     assert out["response_format"]["json_schema"]["schema"] == {"type": "object"}
     assert (out["max_tokens"], out["temperature"], out["top_k"]) == (5, 0.2, 3)
     assert out["repetition_penalty"] == 1.1
     assert "num_ctx" not in out  # a runtime option: the engine is managed by Relais
+    assert "keep_alive" not in out
     assert out["chat_template_kwargs"] == {"enable_thinking": False}
     user = out["messages"][1]
     assert user["content"][0] == {"type": "text", "text": "what is this?"}
@@ -72,15 +73,40 @@ def test_chat_request_carries_images_tools_and_options() -> None:
 
 def test_generate_is_a_chat_turn_unless_raw() -> None:
     is_chat, out = translate.generate_request(
-        {"prompt": "hi", "system": "s", "images": [PNG]}, "m", stream=False
+        {"prompt": "hi", "system": "s", "images": [PNG]}, stream=False, max_tokens=None
     )
     assert is_chat
     assert out["messages"][0] == {"role": "system", "content": "s"}
     assert out["messages"][1]["content"][1]["type"] == "image_url"
-    is_chat, out = translate.generate_request({"prompt": "hi", "raw": True}, "m", stream=False)
+    is_chat, out = translate.generate_request(
+        {"prompt": "hi", "raw": True}, stream=False, max_tokens=None
+    )
     assert not is_chat
     assert out["prompt"] == "hi"
     assert "stream_options" not in out
+
+
+def test_options_never_name_a_model_a_stream_or_a_limit() -> None:
+    hostile = {
+        "model": "secret",
+        "stream": True,
+        "stream_options": {"include_usage": False},
+        "max_tokens": 10**6,
+        "max_completion_tokens": 10**6,
+        "n": 500,
+        "num_gpu": 99,
+        "temperature": 0.5,
+    }
+    out = translate.chat_request(
+        {"messages": [{"role": "user", "content": "x"}], "options": hostile},
+        stream=False,
+        max_tokens=64,
+    )
+    assert out["stream"] is False
+    assert out["max_tokens"] == 64
+    assert out["temperature"] == 0.5
+    for name in ("model", "stream_options", "max_completion_tokens", "n", "num_gpu"):
+        assert name not in out
 
 
 def test_format_and_think_forms() -> None:
@@ -88,7 +114,9 @@ def test_format_and_think_forms() -> None:
     assert translate.response_format("") is None
     with pytest.raises(InvalidRequest):
         translate.response_format(7)
-    _, out = translate.generate_request({"prompt": "x", "think": "high"}, "m", stream=False)
+    _, out = translate.generate_request(
+        {"prompt": "x", "think": "high"}, stream=False, max_tokens=None
+    )
     assert out["reasoning_effort"] == "high"
 
 

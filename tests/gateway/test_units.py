@@ -15,12 +15,11 @@ from relais_gateway.auth import Authenticator, TokenBucket
 from relais_gateway.balancer import Balancer
 from relais_gateway.config import AuthConfig, StaticConfig, load_auth_file
 from relais_gateway.dialects.common import ChunkStreamResponse
-from relais_gateway.engines import ENGINES
+from relais_gateway.engines import ENGINES, ROUTES
 from relais_gateway.errors import (
     AuthenticationFailed,
     InvalidModelOutput,
     InvalidRequest,
-    PermissionDenied,
     RateLimited,
     UpstreamError,
     engine_message,
@@ -139,11 +138,11 @@ def test_authenticator() -> None:
         auth.authenticate("sk-b")
     caller = auth.authenticate("sk-a")
     assert caller.name == "a"
-    with pytest.raises(PermissionDenied):
-        auth.authorize(caller, "m2")
-    auth.authorize(caller, "m1")
+    assert not caller.allows("m2")
+    assert caller.allows("m1")
+    auth.limit_rate(caller)
     with pytest.raises(RateLimited) as limited:
-        auth.authorize(caller, "m1")
+        auth.limit_rate(caller)
     assert limited.value.headers["Retry-After"] == "60"
     assert Authenticator(AuthConfig(disabled=True)).authenticate(None).name == "anonymous"
 
@@ -184,7 +183,9 @@ def test_engine_table() -> None:
     for name, engine in ENGINES.items():
         assert engine.name == name
     assert [n for n, e in ENGINES.items() if e.native_ollama] == ["ollama"]
-    assert ENGINES["tgi"].lacks == {"/v1/embeddings"}
+    assert "/v1/embeddings" not in ENGINES["tgi"].routes
+    for engine in ENGINES.values():
+        assert engine.routes <= set(ROUTES)  # no engine serves anything beyond inference
 
 
 def test_tgi_takes_its_own_grammar_form() -> None:
@@ -289,7 +290,7 @@ def test_auth_file_reload_swaps_keys_and_keeps_them_on_a_bad_edit(tmp_path: Path
     results: list[bool] = []
     reloader = AuthReloader(path, load_auth_file, authenticator, 1.0, results.append)
     caller = authenticator.authenticate("sk-a")
-    assert authenticator.authorize(caller, "m") is None  # the one request of this minute
+    assert authenticator.limit_rate(caller) is None  # the one request of this minute
     reloader.apply(reloader.read())
     assert results == []  # unchanged file: nothing to do
     path.write_text("keys: [{name: a, key: sk-a, requestsPerMinute: 1}, {name: b, key: sk-b}]\n")
@@ -297,7 +298,7 @@ def test_auth_file_reload_swaps_keys_and_keeps_them_on_a_bad_edit(tmp_path: Path
     assert results == [True]
     assert authenticator.authenticate("sk-b").name == "b"
     with pytest.raises(RateLimited):  # same key, same rate: its bucket was kept, not refilled
-        authenticator.authorize(authenticator.authenticate("sk-a"), "m")
+        authenticator.limit_rate(authenticator.authenticate("sk-a"))
     path.write_text("keys: [{name: c}]\n")
     reloader.apply(reloader.read())
     assert results == [True, False]

@@ -17,6 +17,7 @@ from tests.gateway.conftest import (
     MAX_TOKENS,
     OLLAMA_MODEL,
     TGI_MODEL,
+    VLLM_MODEL,
     GatewayFactory,
     GatewayServer,
     deployment,
@@ -122,18 +123,44 @@ def test_unknown_model(gateway: GatewayServer) -> None:
 
 
 @pytest.mark.parametrize("model", [OLLAMA_MODEL, TGI_MODEL])
-def test_max_tokens_over_the_limit(gateway: GatewayServer, model: str) -> None:
+def test_max_tokens_over_the_limit_is_capped(
+    gateway: GatewayServer, ollama_engine: FakeEngine, tgi_engine: FakeEngine, model: str
+) -> None:
+    """The default policy (Cap): a larger ask is lowered to the limit, on both dialects."""
+    engine = ollama_engine if model == OLLAMA_MODEL else tgi_engine
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
+    answer = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "x"}], max_tokens=10 * MAX_TOKENS
+    )
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens <= MAX_TOKENS
+    ollama.Client(host=gateway.url).generate(
+        model=model, prompt="x", options={"num_predict": 10 * MAX_TOKENS}
+    )
+    sent = [r["json"] for r in engine.requests_sync() if r["method"] == "POST"]
+    assert len(sent) == 2
+    assert sent[0]["max_tokens"] == MAX_TOKENS
+    assert MAX_TOKENS in (sent[1].get("max_tokens"), sent[1].get("options", {}).get("num_predict"))
+    text = httpx.get(gateway.url + "/metrics").text
+    assert f'relais_gateway_capped_requests_total{{model="{model}"}} 2.0' in text
+
+
+def test_max_tokens_policy_reject(start_gateway: GatewayFactory, ollama_engine: FakeEngine) -> None:
+    server = start_gateway(
+        [deployment("q", "ollama", OLLAMA_MODEL, [ollama_engine.url], maxTokensPolicy="Reject")]
+    )
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "x"}], max_tokens=MAX_TOKENS + 1
+            model=OLLAMA_MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=65
         )
     assert caught.value.code == "max_tokens_exceeded"
     with pytest.raises(ollama.ResponseError) as oll:
-        ollama.Client(host=gateway.url).generate(
-            model=model, prompt="x", options={"num_predict": MAX_TOKENS + 1}
+        ollama.Client(host=server.url).generate(
+            model=OLLAMA_MODEL, prompt="x", options={"num_predict": MAX_TOKENS + 1}
         )
     assert oll.value.status_code == 400
+    assert not ollama_engine.requests_sync()
 
 
 def test_body_over_the_size_limit(start_gateway: GatewayFactory, ollama_engine: FakeEngine) -> None:
@@ -214,12 +241,18 @@ def test_model_not_allowed_for_key(keyed: GatewayServer) -> None:
     client = openai.OpenAI(base_url=keyed.url + "/v1", api_key="sk-team-a", max_retries=0)
     assert [m.id for m in client.models.list()] == [OLLAMA_MODEL]
     client.chat.completions.create(model=OLLAMA_MODEL, messages=[{"role": "user", "content": "x"}])
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.NotFoundError) as forbidden:  # exactly as an unknown model
         client.chat.completions.create(model=TGI_MODEL, messages=[{"role": "user", "content": "x"}])
+    assert forbidden.value.body == {
+        "message": f"model {TGI_MODEL!r} not found",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
     ollama_client = ollama.Client(host=keyed.url, headers={"Authorization": "Bearer sk-team-a"})
     with pytest.raises(ollama.ResponseError) as oll:
         ollama_client.chat(model=TGI_MODEL, messages=CHAT)
-    assert oll.value.status_code == 403
+    assert oll.value.status_code == 404
 
 
 def test_rate_limit_gives_retry_after(keyed: GatewayServer) -> None:
@@ -332,13 +365,18 @@ def test_forwarded_routes_never_leave_v1(
 
 
 def test_any_v1_route_naming_a_model_is_forwarded(
-    gateway: GatewayServer, ollama_engine: FakeEngine
+    start_gateway: GatewayFactory, vllm_engine: FakeEngine
 ) -> None:
-    body = {"model": OLLAMA_MODEL, "input": "hi", "new_param": [1]}
+    gateway = start_gateway([deployment("v", "vllm", VLLM_MODEL, [vllm_engine.url])])
+    body = {"model": VLLM_MODEL, "input": "hi", "new_param": [1]}
     response = httpx.post(gateway.url + "/v1/responses", json=body, timeout=30)
-    assert response.status_code == 404  # this fake Ollama serves no /v1/responses: its 404
+    assert response.status_code == 404  # this fake vLLM serves no /v1/responses: its 404
     error = openai_error(response)
     assert error["code"] == "engine_rejected_request"
     assert error["message"].startswith("engine answered 404")
+    not_served = httpx.post(gateway.url + "/v1/rerank", json={"model": VLLM_MODEL}, timeout=30)
+    assert not_served.status_code != 501  # vLLM serves rerank: forwarded
+    admin = httpx.post(gateway.url + "/v1/load_lora_adapter", json={"model": VLLM_MODEL})
+    assert admin.status_code == 404  # not an inference route: never forwarded
     missing = httpx.post(gateway.url + "/v1/responses", json={"input": "x"}, timeout=30)
     assert openai_error(missing)["param"] == "model"

@@ -209,6 +209,10 @@ def test_example_secret_is_a_placeholder() -> None:
         {"engine": "ollama", "model": "m", "storage": {"size": "lots"}},
         {"engine": "ollama", "model": "m", "resources": {"limits": {"memory": "much"}}},
         {"engine": "ollama", "model": "m", "requestLimits": {"maxTokens": 0}},
+        {"engine": "ollama", "model": "m", "requestLimits": {"maxTokensPolicy": "Truncate"}},
+        {"engine": "ollama", "model": "m", "requestLimits": {"maxSequencesPerRequest": 0}},
+        {"engine": "ollama", "model": "m", "requestLimits": {"maxInputsPerRequest": 0}},
+        {"engine": "ollama", "model": "m", "ollamaOptions": {"numCtx": 0}},
         {"engine": "ollama", "model": "m", "tolerations": [{"operator": "Maybe"}]},
         {"engine": "tgi", "model": "a/b", "hfTokenSecretRef": {"key": "k"}},
         {"engine": "ollama", "model": "m", "autoscaling": {"minReplicas": 1}},
@@ -255,6 +259,8 @@ def test_schema_rejects_bad_specs(spec: dict[str, Any]) -> None:
         ({"engine": "vllm", "model": "qwen2.5:7b-instruct"}, False),
         ({"engine": "vllm", "model": "Qwen2.5-7B-Instruct"}, False),
         ({"engine": "vllm", "model": "a/b/c", "revision": "main"}, False),
+        ({"engine": "ollama", "model": "qwen2.5:0.5b", "ollamaOptions": {"numCtx": 8192}}, True),
+        ({"engine": "vllm", "model": "a/b", "ollamaOptions": {"numCtx": 8192}}, False),
     ],
 )
 def test_spec_rules_cel_and_python_agree(spec: dict[str, Any], ok: bool) -> None:
@@ -309,7 +315,7 @@ def test_every_rule_is_tested() -> None:
     """A new CEL rule needs a test here: this list is the set the tests above exercise."""
     tested = {
         (): 1,
-        ("spec",): 4,
+        ("spec",): 5,
         ("spec", "storage"): 1,
         ("spec", "autoscaling"): 1,
         ("spec", "env", "[]"): 1,

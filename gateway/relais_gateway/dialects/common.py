@@ -12,12 +12,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from relais_gateway.deps import request_id, started
+from relais_gateway.deps import key_name, request_id, started
 from relais_gateway.errors import (
     ClientClosedRequest,
     GatewayError,
     InvalidRequest,
     UpstreamError,
+    UpstreamTooLarge,
     from_validation,
 )
 from relais_gateway.registry import Backend
@@ -62,6 +63,9 @@ class StreamReader(Protocol):
     completion_tokens: int
     lines: int
 
+    @property
+    def pending(self) -> int: ...
+
     def feed(self, data: bytes) -> bytes: ...
 
     def close(self) -> bytes: ...
@@ -70,11 +74,17 @@ class StreamReader(Protocol):
 
 
 async def whole(
-    gateway: Gateway, backend: Backend, path: str, body: Json, request: Request, prefix: str = ""
+    gateway: Gateway,
+    backend: Backend,
+    path: str,
+    body: Json,
+    request: Request,
+    prefix: str = "",
+    weight: int = 1,
 ) -> Reply:
     """Forward a non-streamed request; the engine's 200 answer."""
     return await gateway.whole(
-        backend, path, body, request.receive, request_id(request), started(request), prefix
+        backend, path, body, request.receive, request_id(request), started(request), prefix, weight
     )
 
 
@@ -88,18 +98,23 @@ async def stream(
     media_type: str,
     headers: dict[str, str],
     prefix: str = "",
+    weight: int = 1,
 ) -> Response:
     """Forward a streamed request: errors before the first chunk are plain HTTP errors; after
     it, the stream ends with an error event in the dialect's shape."""
     first, chunks = await gateway.open_stream(
-        backend, path, body, request.receive, request_id(request), started(request), prefix
+        backend, path, body, request.receive, request_id(request), started(request), prefix, weight
     )
+
+    key = key_name(request)
 
     def counted(reader: StreamReader) -> None:
         completion = reader.completion_tokens or reader.lines
-        gateway.metrics.count_tokens(backend.model, reader.prompt_tokens, completion)
+        gateway.metrics.count_tokens(key, backend.model, reader.prompt_tokens, completion)
 
-    return ChunkStreamResponse(relayed(first, chunks, reader, counted), media_type, headers)
+    line_limit = gateway.settings.max_upstream_line_bytes
+    out = relayed(first, chunks, reader, counted, line_limit)
+    return ChunkStreamResponse(out, media_type, headers)
 
 
 async def relayed(
@@ -107,9 +122,11 @@ async def relayed(
     chunks: AsyncGenerator[bytes, None],
     reader: StreamReader,
     on_end: Callable[[StreamReader], None],
+    line_limit: int,
 ) -> AsyncGenerator[bytes, None]:
-    """The client's body: the engine's chunks through `reader`; an early end or a failure after
-    the first byte becomes an in-band error (client libraries raise on it)."""
+    """The client's body: the engine's chunks through `reader`; an early end, a line over
+    `line_limit` bytes or a failure after the first byte becomes an in-band error (client
+    libraries raise on it)."""
     async with aclosing(chunks):
         try:
             if out := reader.feed(first):
@@ -117,6 +134,8 @@ async def relayed(
             async for chunk in chunks:
                 if out := reader.feed(chunk):
                     yield out
+                if reader.pending > line_limit:
+                    raise UpstreamTooLarge(f"the engine sent a line over {line_limit} bytes")
             if out := reader.close():
                 yield out
             if not reader.ended:

@@ -1,9 +1,11 @@
 """The Ollama dialect: `/api/...` routes, and `/` ("Ollama is running"), as Ollama serves them.
 
-In front of an Ollama engine the body is forwarded as sent (the model renamed, `num_predict`
-defaulted and capped), and the NDJSON answer streams back as Ollama wrote it. In front of an
-OpenAI-only engine (vLLM, TGI, llama.cpp) `translate.py` carries the request across. Model
-management (`pull`, `push`, `create`, `copy`, `delete`) is Kubernetes' job here: a clear 403.
+In front of an Ollama engine the body is forwarded as sent, except the fields the gateway owns
+(`owned.py`: the model renamed, `stream`, `num_predict` defaulted and capped, the runtime options
+and `keep_alive` the deployment's), and the NDJSON answer streams back as Ollama wrote it. In
+front of an OpenAI-only engine (vLLM, TGI, llama.cpp) `translate.py` carries the request across.
+Model management (`pull`, `push`, `create`, `copy`, `delete`) is Kubernetes' job here: a clear
+403; so is unloading: a request to unload a model gets Ollama's answer and unloads nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from relais_gateway import translate
 from relais_gateway.deps import (
@@ -21,17 +23,26 @@ from relais_gateway.deps import (
     GatewayDep,
     caller_of,
     gateway_of,
+    key_name,
     note_model,
     request_body,
     request_id,
     started,
 )
 from relais_gateway.dialects.common import Json, check, json_response, read_json, stream, whole
-from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS
-from relais_gateway.errors import GatewayError, InvalidRequest, NotFound
+from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS, ROUTES
+from relais_gateway.errors import GatewayError, InvalidRequest, NotFound, malformed_answer
+from relais_gateway.owned import (
+    check_inputs,
+    decide_tokens,
+    num_predict,
+    ollama_options,
+    own_ollama,
+    own_openai,
+)
 from relais_gateway.prefix import chat_prefix, prompt_prefix
 from relais_gateway.registry import Backend
-from relais_gateway.relay import NdjsonRelay, renamer
+from relais_gateway.relay import NdjsonRelay, renamer, token_count
 from relais_gateway.service import Gateway, check_json_schema, check_structured
 
 router = APIRouter(prefix="/api", tags=["Ollama"])
@@ -75,7 +86,7 @@ class ChatRequest(_Owned):
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(default_factory=list)
-    stream: bool = True
+    stream: StrictBool = True
     format: Format | None = None
     options: Options | None = None
     tools: list[dict[str, Any]] | None = None
@@ -89,7 +100,7 @@ class GenerateRequest(_Owned):
     prompt: str | None = ""
     system: str | None = None
     images: list[str] | None = None
-    stream: bool = True
+    stream: StrictBool = True
     format: Format | None = None
     options: Options | None = None
     raw: bool | None = None
@@ -130,23 +141,31 @@ def _structured(fmt: Format | None) -> tuple[bool, dict[str, Any] | None]:
     return fmt == "json", None
 
 
-def _num_predict(options: Options | None) -> int | None:
-    value = options.num_predict if options is not None else None
-    return value if value is not None and value > 0 else None
-
-
-def _admit(request: Request, model: str, max_tokens: int | None) -> tuple[Gateway, Backend]:
+def _admit(request: Request, model: str) -> tuple[Gateway, Backend]:
     gateway = gateway_of(request)
     caller = caller_of(request, gateway)
     note_model(request, gateway, model)
-    return gateway, gateway.admit(caller, model, max_tokens)
+    return gateway, gateway.admit(caller, model)
+
+
+def _empty_answer(chat: bool, model: str, reason: str) -> Response:
+    piece: Json = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+    body = {"model": model, "created_at": translate.now(), **piece, "done": True}
+    return json_response(body | {"done_reason": reason})
 
 
 def _loaded(chat: bool, model: str) -> Response:
     """Ollama answers an empty prompt by loading the model; OpenAI engines are always loaded."""
-    piece: Json = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
-    body = {"model": model, "created_at": translate.now(), **piece, "done": True}
-    return json_response(body | {"done_reason": "load"})
+    return _empty_answer(chat, model, "load")
+
+
+UNLOAD = (0, "0", "0s", "0m", "0h")
+
+
+def _unload(body: Json, empty: bool) -> bool:
+    """An empty request with `keep_alive: 0`: Ollama's way to unload a model (Open WebUI's
+    "Unload"). The deployment keeps its model loaded, so it is answered, never forwarded."""
+    return empty and body.get("keep_alive") in UNLOAD and body.get("keep_alive") is not False
 
 
 # ---------------------------------------------------------------- forwarding to Ollama engines
@@ -159,26 +178,26 @@ async def _native(
     path: str,
     body: Json,
     *,
-    streamed: bool,
     schema: tuple[bool, dict[str, Any] | None] = (False, None),
     prefix: str = "",
 ) -> Response:
     """Forward an Ollama request to an Ollama engine; its answer back as it was written."""
-    body["model"] = backend.upstream_model
-    if backend.max_tokens is not None and path in ("/api/chat", "/api/generate"):
-        given = body.get("options")
-        options: Json = given if isinstance(given, dict) else {}
-        if not isinstance(options.get("num_predict"), int) or options["num_predict"] <= 0:
-            body["options"] = {**options, "num_predict": backend.max_tokens}
+    owned = own_ollama(body, backend, generates=path in ("/api/chat", "/api/generate"))
+    if owned.capped:
+        gateway.metrics.capped.labels(backend.model).inc()
     rename = renamer(backend.upstream_model, backend.model)
-    if streamed:
+    if owned.stream:
         reader = NdjsonRelay(rename)
         return await stream(gateway, backend, path, body, request, reader, NDJSON, {}, prefix)
     reply = await whole(gateway, backend, path, body, request, prefix)
-    data = orjson.loads(reply.body)
+    with malformed_answer():
+        data = orjson.loads(reply.body)
     if isinstance(data, dict):
-        count = int(data.get("eval_count") or 0)
-        gateway.metrics.count_tokens(backend.model, int(data.get("prompt_eval_count") or 0), count)
+        prompt, count = (
+            token_count(data.get("prompt_eval_count")),
+            token_count(data.get("eval_count")),
+        )
+        gateway.metrics.count_tokens(key_name(request), backend.model, prompt, count)
         if schema[0]:
             check_structured(translate.answer_text(data, path == "/api/chat"), schema[1])
     return json_response(rename(reply.body) if rename is not None else reply.body)
@@ -198,18 +217,21 @@ async def _translated(
     schema: tuple[bool, dict[str, Any] | None] = (False, None),
     prefix: str = "",
 ) -> Response:
-    """An Ollama chat or generate answered by an OpenAI-only engine."""
+    """An Ollama chat or generate answered by an OpenAI-only engine; `body` is the translated
+    request, its output-token limit the one decided on the Ollama side."""
     gateway.require(backend, path)
-    if backend.max_tokens is not None and body.get("max_tokens") is None:
-        body["max_tokens"] = backend.max_tokens
+    owned = own_openai(body, backend, path, ROUTES[path])
     body = backend.kind.adapt_openai(body)
-    if body["stream"]:
+    if owned.stream:
         reader = translate.StreamTranslator(backend.model, chat, started(request))
         return await stream(gateway, backend, path, body, request, reader, NDJSON, {}, prefix)
     reply = await whole(gateway, backend, path, body, request, prefix)
-    data = orjson.loads(reply.body)
-    answer = translate.whole_answer(data, backend.model, chat, started(request))
-    gateway.metrics.count_tokens(backend.model, answer["prompt_eval_count"], answer["eval_count"])
+    with malformed_answer():
+        answer = translate.whole_answer(
+            orjson.loads(reply.body), backend.model, chat, started(request)
+        )
+    prompt, count = answer["prompt_eval_count"], answer["eval_count"]
+    gateway.metrics.count_tokens(key_name(request), backend.model, prompt, count)
     if schema[0] and not (answer.get("message") or {}).get("tool_calls"):
         check_structured(translate.answer_text(answer, chat), schema[1])
     return json_response(answer)
@@ -222,23 +244,19 @@ async def _translated(
 async def chat(request: Request) -> Response:
     body = read_json(request)
     owned = check(ChatRequest, body)
-    gateway, backend = _admit(request, owned.model, _num_predict(owned.options))
+    gateway, backend = _admit(request, owned.model)
     schema = _structured(owned.format)
     prefix = chat_prefix(body.get("messages"), backend.routing.prefix_char_length)
+    if _unload(body, not owned.messages):
+        return _empty_answer(True, owned.model, "unload")
     if backend.kind.native_ollama:
         return await _native(
-            request,
-            gateway,
-            backend,
-            "/api/chat",
-            body,
-            streamed=owned.stream,
-            schema=schema,
-            prefix=prefix,
+            request, gateway, backend, "/api/chat", body, schema=schema, prefix=prefix
         )
     if not owned.messages:
         return _loaded(True, owned.model)
-    openai = translate.chat_request(body, backend.upstream_model, owned.stream)
+    tokens = _tokens(gateway, backend, body)
+    openai = translate.chat_request(body, owned.stream, tokens)
     return await _translated(
         request, gateway, backend, CHAT, openai, chat=True, schema=schema, prefix=prefix
     )
@@ -248,43 +266,52 @@ async def chat(request: Request) -> Response:
 async def generate(request: Request) -> Response:
     body = read_json(request)
     owned = check(GenerateRequest, body)
-    gateway, backend = _admit(request, owned.model, _num_predict(owned.options))
+    gateway, backend = _admit(request, owned.model)
     schema = _structured(owned.format)
     prefix = prompt_prefix(
         f"{owned.system or ''}{owned.prompt or ''}", backend.routing.prefix_char_length
     )
+    empty = not owned.prompt and not owned.images
+    if _unload(body, empty):
+        return _empty_answer(False, owned.model, "unload")
     if backend.kind.native_ollama:
         return await _native(
-            request,
-            gateway,
-            backend,
-            "/api/generate",
-            body,
-            streamed=owned.stream,
-            schema=schema,
-            prefix=prefix,
+            request, gateway, backend, "/api/generate", body, schema=schema, prefix=prefix
         )
-    if not owned.prompt and not owned.images:
+    if empty:
         return _loaded(False, owned.model)
-    is_chat, openai = translate.generate_request(body, backend.upstream_model, owned.stream)
+    tokens = _tokens(gateway, backend, body)
+    is_chat, openai = translate.generate_request(body, owned.stream, tokens)
     path = CHAT if is_chat else COMPLETIONS
     return await _translated(
         request, gateway, backend, path, openai, chat=False, schema=schema, prefix=prefix
     )
 
 
+def _tokens(gateway: Gateway, backend: Backend, body: Json) -> int | None:
+    """The output-token limit for a translated request, from the Ollama ask (`num_predict`)."""
+    decided, capped = decide_tokens(
+        num_predict(ollama_options(body)), backend, "options.num_predict"
+    )
+    if capped:
+        gateway.metrics.capped.labels(backend.model).inc()
+    return decided
+
+
 async def _embed(request: Request, owned: EmbedRequest | EmbeddingsRequest, body: Json) -> Response:
     legacy = isinstance(owned, EmbeddingsRequest)
-    gateway, backend = _admit(request, owned.model, None)
+    gateway, backend = _admit(request, owned.model)
+    check_inputs(body, backend, "prompt" if legacy else "input")
     if backend.kind.native_ollama:
+        gateway.require(backend, EMBEDDINGS)
         path = "/api/embeddings" if legacy else "/api/embed"
-        return await _native(request, gateway, backend, path, body, streamed=False)
+        return await _native(request, gateway, backend, path, body)
     gateway.require(backend, EMBEDDINGS)
     openai = translate.embed_request(body, backend.upstream_model, legacy=legacy)
     reply = await whole(gateway, backend, EMBEDDINGS, openai, request)
-    answer = translate.embed_answer(
-        orjson.loads(reply.body), backend.model, started(request), legacy=legacy
-    )
+    with malformed_answer():
+        data = orjson.loads(reply.body)
+        answer = translate.embed_answer(data, backend.model, started(request), legacy=legacy)
     return json_response(answer)
 
 
@@ -311,7 +338,7 @@ async def show(request: Request) -> Response:
     name = owned.model or owned.name
     if not name:
         raise InvalidRequest("model is required", param="model")
-    gateway, backend = _admit(request, name, None)
+    gateway, backend = _admit(request, name)
     if not backend.kind.native_ollama:
         return json_response(_synthetic_show(backend))
     forwarded = {**body, "model": backend.upstream_model}

@@ -1,25 +1,26 @@
 """The OpenAI dialect: `/v1/...` routes, forwarded to every engine's OpenAI-compatible server.
 
-The body is forwarded as the client sent it. The gateway owns a few fields: `model` (renamed to
-the engine's own name), the `max_tokens` default and cap from `requestLimits`, and the usage chunk
-of streams (asked for when the client did not, read for metrics, then dropped). The models below
-validate only what the gateway reads; every other field reaches the engine untouched.
+The body is forwarded as the client sent it. The gateway owns a few fields (`owned.py`): `model`
+(renamed to the engine's own name), `stream`, the output-token limit and the sequences from
+`requestLimits`, and the usage chunk of streams (asked for when the client did not, read for
+metrics, then dropped). The models below validate only what the gateway reads; every other field
+reaches the engine untouched. Only inference routes reach an engine (`engines.ROUTES`).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from relais_gateway.deps import (
     CallerDep,
     GatewayDep,
     caller_of,
     gateway_of,
+    key_name,
     note_model,
     request_body,
 )
@@ -31,18 +32,17 @@ from relais_gateway.dialects.common import (
     stream,
     whole,
 )
-from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS
-from relais_gateway.errors import InvalidRequest, ModelNotFound, NotFound
+from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS, ROUTES
+from relais_gateway.errors import InvalidRequest, ModelNotFound, NotFound, malformed_answer
+from relais_gateway.owned import own_openai
 from relais_gateway.prefix import chat_prefix, prompt_prefix
 from relais_gateway.registry import Backend
-from relais_gateway.relay import RawRelay, SseRelay, renamer
+from relais_gateway.relay import RawRelay, SseRelay, renamer, token_count
 from relais_gateway.service import Gateway, check_json_schema, check_structured
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 
 SSE = "text/event-stream"
-FORWARDABLE = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-.]+)*")
-"""The `/v1/...` paths the catch-all route forwards: plain segments, no dot segments."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -53,7 +53,7 @@ class _Owned(BaseModel):
 
 
 class StreamOptions(_Owned):
-    include_usage: bool = False
+    include_usage: StrictBool | None = False
 
 
 class JsonSchemaFormat(_Owned):
@@ -73,12 +73,12 @@ class ChatMessage(_Owned):
 
 class _Generation(_Owned):
     model: str = Field(min_length=1)
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=128)
+    n: int | None = Field(default=None, ge=1)
 
 
 class ChatCompletionRequest(_Generation):
@@ -106,7 +106,7 @@ class AnyModelRequest(_Owned):
     """Any other POST /v1/... route with a JSON body naming a `model` (e.g. /v1/responses)."""
 
     model: str = Field(min_length=1)
-    stream: bool | None = False
+    stream: StrictBool | None = False
 
 
 def _structured(fmt: ResponseFormat | None) -> tuple[bool, dict[str, Any] | None]:
@@ -125,20 +125,11 @@ def _structured(fmt: ResponseFormat | None) -> tuple[bool, dict[str, Any] | None
     return True, schema
 
 
-def _admit(request: Request, model: str, max_tokens: int | None) -> tuple[Gateway, Backend]:
+def _admit(request: Request, model: str) -> tuple[Gateway, Backend]:
     gateway = gateway_of(request)
     caller = caller_of(request, gateway)
     note_model(request, gateway, model)
-    return gateway, gateway.admit(caller, model, max_tokens)
-
-
-def _prepare(body: Json, backend: Backend, *, limit_tokens: bool) -> Json:
-    """The fields Relais owns, set for the engine; the body otherwise as the client sent it."""
-    body["model"] = backend.upstream_model
-    unset = body.get("max_tokens") is None and body.get("max_completion_tokens") is None
-    if limit_tokens and backend.max_tokens is not None and unset:
-        body["max_tokens"] = backend.max_tokens
-    return backend.kind.adapt_openai(body)
+    return gateway, gateway.admit(caller, model)
 
 
 async def _forward(
@@ -152,31 +143,44 @@ async def _forward(
     schema: tuple[bool, dict[str, Any] | None] = (False, None),
     raw: bool = False,
 ) -> Response:
-    """Forward `body` to `path`; answer with the engine's bytes (the model renamed back)."""
+    """Forward `body` to `path`, its owned fields written last; answer with the engine's bytes
+    (the model renamed back)."""
     gateway.require(backend, path)
+    owned = own_openai(body, backend, path, ROUTES.get(path))
+    if owned.capped:
+        gateway.metrics.capped.labels(backend.model).inc()
+    body = backend.kind.adapt_openai(body)
     rename = renamer(backend.upstream_model, backend.model)
-    if body.get("stream"):
+    weight = owned.sequences
+    if owned.stream:
         options = body.get("stream_options")
-        asked = isinstance(options, dict) and bool(options.get("include_usage"))
-        if not raw and not asked:  # usage feeds the token metrics; the client did not ask for it
+        asked = isinstance(options, dict) and options.get("include_usage") is True
+        if not raw:  # usage feeds the token metrics; dropped again when the client did not ask
             body["stream_options"] = {**(options or {}), "include_usage": True}
         reader: RawRelay | SseRelay = (
             RawRelay(rename)
             if raw
             else SseRelay(rename, strip_usage=not asked, add_usage=asked, chat=path == CHAT)
         )
-        return await stream(gateway, backend, path, body, request, reader, SSE, SSE_HEADERS, prefix)
-    reply = await whole(gateway, backend, path, body, request, prefix)
+        return await stream(
+            gateway, backend, path, body, request, reader, SSE, SSE_HEADERS, prefix, weight
+        )
+    reply = await whole(gateway, backend, path, body, request, prefix, weight)
     data = _parsed(reply.body) if not raw or path == EMBEDDINGS else None
     if data is not None:
-        _count(gateway, backend, data)
+        _count(gateway, backend, data, key_name(request))
         if schema[0]:
-            for choice in data.get("choices") or ():
-                message = choice.get("message") or {}
-                if not message.get("tool_calls"):
-                    check_structured(str(message.get("content") or ""), schema[1])
+            with malformed_answer():
+                _check_choices(data, schema[1])
     content = rename(reply.body) if rename is not None else reply.body
     return json_response(content, media_type=reply.content_type)
+
+
+def _check_choices(data: Json, schema: dict[str, Any] | None) -> None:
+    for choice in data.get("choices") or ():
+        message = choice.get("message") or {}
+        if not message.get("tool_calls"):
+            check_structured(str(message.get("content") or ""), schema)
 
 
 def _parsed(body: bytes) -> Json | None:
@@ -187,12 +191,12 @@ def _parsed(body: bytes) -> Json | None:
     return data if isinstance(data, dict) else None
 
 
-def _count(gateway: Gateway, backend: Backend, data: Json) -> None:
+def _count(gateway: Gateway, backend: Backend, data: Json, key: str) -> None:
     usage = data.get("usage")
     if isinstance(usage, dict):
-        prompt = int(usage.get("prompt_tokens") or 0)
+        prompt = token_count(usage.get("prompt_tokens"))
         gateway.metrics.count_tokens(
-            backend.model, prompt, int(usage.get("completion_tokens") or 0)
+            key, backend.model, prompt, token_count(usage.get("completion_tokens"))
         )
 
 
@@ -204,10 +208,9 @@ def _count(gateway: Gateway, backend: Backend, data: Json) -> None:
 async def chat_completions(request: Request) -> Response:
     body = read_json(request)
     owned = check(ChatCompletionRequest, body)
-    gateway, backend = _admit(request, owned.model, owned.max_completion_tokens or owned.max_tokens)
+    gateway, backend = _admit(request, owned.model)
     schema = _structured(owned.response_format)
     prefix = chat_prefix(body["messages"], backend.routing.prefix_char_length)
-    body = _prepare(body, backend, limit_tokens=True)
     return await _forward(request, gateway, backend, CHAT, body, prefix=prefix, schema=schema)
 
 
@@ -219,9 +222,8 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     body = read_json(request)
     owned = check(CompletionRequest, body)
-    gateway, backend = _admit(request, owned.model, owned.max_tokens)
+    gateway, backend = _admit(request, owned.model)
     prefix = prompt_prefix(body["prompt"], backend.routing.prefix_char_length)
-    body = _prepare(body, backend, limit_tokens=True)
     return await _forward(request, gateway, backend, COMPLETIONS, body, prefix=prefix)
 
 
@@ -233,8 +235,7 @@ async def completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     body = read_json(request)
     owned = check(EmbeddingRequest, body)
-    gateway, backend = _admit(request, owned.model, None)
-    body = _prepare(body, backend, limit_tokens=False)
+    gateway, backend = _admit(request, owned.model)
     return await _forward(request, gateway, backend, EMBEDDINGS, body, raw=True)
 
 
@@ -258,27 +259,18 @@ def _model_card(backend: Backend) -> dict[str, Any]:
 
 @router.post(
     "/{path:path}",
-    summary="Any other OpenAI-compatible route, routed by `model` (e.g. /v1/responses)",
+    summary="Any other inference route, routed by `model` (/v1/responses, /v1/rerank, ...)",
     openapi_extra=request_body(AnyModelRequest),
 )
 async def any_model_route(path: str, request: Request) -> Response:
-    if not FORWARDABLE.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
-        # Never let a path climb out of /v1/ on the engine (e.g. to Ollama's /api/pull).
-        raise NotFound(f"no route /v1/{path[:100]}")
+    target = f"/v1/{path}"
+    if target not in ROUTES:
+        # Only inference reaches an engine: never adapter loading, sleep, cache resets, RPC...
+        raise NotFound(f"no route {target[:100]}")
     body = read_json(request)
     owned = check(AnyModelRequest, body)
-    limit = _first_int(body, "max_output_tokens", "max_completion_tokens", "max_tokens")
-    gateway, backend = _admit(request, owned.model, limit)
-    body["model"] = backend.upstream_model
-    return await _forward(request, gateway, backend, f"/v1/{path}", body, raw=True)
-
-
-def _first_int(body: Json, *names: str) -> int | None:
-    for name in names:
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    gateway, backend = _admit(request, owned.model)
+    return await _forward(request, gateway, backend, target, body, raw=True)
 
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
