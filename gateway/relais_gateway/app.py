@@ -51,7 +51,8 @@ def sources_from_settings(settings: Settings) -> tuple[BackendSource, AuthConfig
     if settings.config is None:
         raise ValueError("the static source needs --config FILE")
     config = load_static_config(settings.config)
-    return StaticSource(config.deployments), config.auth
+    source = StaticSource(config.deployments, health_interval_s=settings.health_check_interval_s)
+    return source, config.auth
 
 
 def upstream_session(settings: Settings) -> aiohttp.ClientSession:

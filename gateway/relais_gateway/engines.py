@@ -62,6 +62,8 @@ class Engine:
     """One kind of engine, as the gateway sees it."""
 
     name: str
+    health_path: str = "/health"
+    """Answers 200 once the engine serves (checked for static endpoints, see `registry.py`)."""
     native_ollama: bool = False
     """Speaks Ollama's native `/api/...` routes (Ollama clients are forwarded, not translated)."""
     routes: frozenset[str] = field(default_factory=lambda: frozenset(ROUTES))
@@ -92,11 +94,17 @@ def _tgi_response_format(body: Body) -> Body:
 ENGINES: dict[str, Engine] = {
     engine.name: engine
     for engine in (
-        Engine("ollama", native_ollama=True, routes=frozenset({CHAT, COMPLETIONS, EMBEDDINGS})),
+        Engine(
+            "ollama",
+            health_path="/api/version",
+            native_ollama=True,
+            routes=frozenset({CHAT, COMPLETIONS, EMBEDDINGS}),
+        ),
         # TGI serves no embeddings (it is a text-generation server; TEI is a separate product).
         Engine("tgi", routes=frozenset({CHAT, COMPLETIONS}), adapt_openai=_tgi_response_format),
         Engine("vllm"),
-        # Any other OpenAI-compatible server (llama.cpp's, LM Studio, ...).
-        Engine("openai"),
+        # Any other OpenAI-compatible server (llama.cpp's, LM Studio, ...): /v1/models is the
+        # route they all serve.
+        Engine("openai", health_path="/v1/models"),
     )
 }

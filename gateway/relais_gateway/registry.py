@@ -1,16 +1,22 @@
 """Where backends come from: the `BackendSource` Protocol and the static-file source.
 
 The app only calls `resolve`, `backends` and `ready`; the Kubernetes watch source lives in
-`kubernetes.py` and produces the same `Backend` values.
+`kubernetes.py` and produces the same `Backend` values. In Kubernetes, EndpointSlices say which
+replicas are ready; a static file has no such truth, so its source checks each endpoint's health
+route itself and serves only the endpoints that answer (an engine loading its model for minutes,
+or dead, gets no requests: they wait for it, bounded, as for a cold start).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+import aiohttp
 from relais_api import RequestLimits, Routing, Task
 
 from relais_gateway.balancer import LEAST_LOAD
@@ -18,6 +24,7 @@ from relais_gateway.config import StaticDeployment
 from relais_gateway.engines import ENGINES, Engine
 
 NO_LIMITS = RequestLimits()
+log = logging.getLogger("relais_gateway.registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +47,8 @@ class Backend:
     namespace: str | None = None
     routing: Routing = LEAST_LOAD
     autoscaled: bool = False
-    """The LLMDeployment has `autoscaling`: with no ready replica, requests wait for one."""
+    """With no ready replica, requests wait for one (bounded): the LLMDeployment has
+    `autoscaling`, or the endpoints are health-checked static ones that may come back."""
     desired_replicas: int | None = None
     """`spec.replicas` (Kubernetes source): 0 means a request must ask for a replica."""
 
@@ -153,7 +161,7 @@ class MemorySource:
 
 
 def backend_from_static(deployment: StaticDeployment) -> Backend:
-    """A `Backend` from one entry of the static file."""
+    """A `Backend` from one entry of the static file, with every endpoint listed."""
     return Backend(
         name=deployment.name,
         engine=deployment.engine,
@@ -168,7 +176,72 @@ def backend_from_static(deployment: StaticDeployment) -> Backend:
 
 
 class StaticSource(MemorySource):
-    """Backends from the `--config` file's `deployments:`; every listed endpoint counts as ready."""
+    """Backends from the `--config` file's `deployments:`.
 
-    def __init__(self, deployments: Iterable[StaticDeployment]) -> None:
-        super().__init__(backend_from_static(d) for d in deployments)
+    With `health_interval_s` > 0, each endpoint's health route (the engine table's) is checked
+    at that interval with a short timeout, and a backend's replicas are its endpoints that last
+    answered 200; requests for a model with none wait for one. With 0, every endpoint counts as
+    ready and a dead one is found by the requests themselves (retried and ejected).
+    """
+
+    def __init__(
+        self,
+        deployments: Iterable[StaticDeployment],
+        *,
+        health_interval_s: float = 5.0,
+        health_timeout_s: float = 2.0,
+    ) -> None:
+        self._configured = [backend_from_static(d) for d in deployments]
+        self._interval = health_interval_s
+        self._timeout = health_timeout_s
+        self._checks: asyncio.Task[None] | None = None
+        self._healthy: set[str] | None = None
+        super().__init__(self._configured)
+
+    async def start(self) -> None:
+        if self._interval > 0:
+            timeout = aiohttp.ClientTimeout(total=self._timeout)
+            session = aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
+            await self._check(session)  # ready with a first true view, not with a guess
+            self._checks = asyncio.create_task(self._check_every_interval(session))
+        await super().start()
+
+    async def stop(self) -> None:
+        if self._checks is not None:
+            self._checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checks
+        await super().stop()
+
+    async def _check_every_interval(self, session: aiohttp.ClientSession) -> None:
+        async with session:
+            while True:
+                await asyncio.sleep(self._interval)
+                await self._check(session)
+
+    async def _check(self, session: aiohttp.ClientSession) -> None:
+        """Probe every endpoint at once; swap the view only when the healthy set changed."""
+        probes = [(b, url) for b in self._configured for url in b.replicas]
+        results = await asyncio.gather(
+            *(_healthy(session, url + b.kind.health_path) for b, url in probes)
+        )
+        healthy = {url for (_, url), ok in zip(probes, results, strict=True) if ok}
+        if healthy == self._healthy:
+            return
+        self._healthy = healthy
+        self.replace(
+            # A model with endpoints may get a healthy one: its requests wait (bounded) for it.
+            replace(b, replicas=tuple(u for u in b.replicas if u in healthy), autoscaled=True)
+            if b.replicas
+            else b
+            for b in self._configured
+        )
+
+
+async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with session.get(url) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.debug("health check failed", extra={"url": url, "error": repr(exc)})
+        return False

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     cold_start_timeout_s: float = Field(default=600.0, gt=0)
     """How long a request waits for a model scaled to zero to get a ready replica (a GPU node
     from zero takes minutes) before its 503."""
+    health_check_interval_s: float = Field(default=5.0, ge=0)
+    """Static source: how often each endpoint's health route is checked (0: never; every
+    endpoint then counts as ready). Kubernetes: unused, EndpointSlices say what is ready."""
     auth_reload_interval_s: float = Field(default=2.0, gt=0)
     """How often the auth file (or the static config's `auth:`) is checked for new keys."""
     shutdown_grace_s: float = Field(default=30.0, ge=0)

@@ -156,8 +156,11 @@ def start_gateway() -> Iterator[GatewayFactory]:
         **settings: Any,
     ) -> GatewayServer:
         auth_config = AuthConfig.model_validate(auth or {"disabled": True})
-        backend_source = source or StaticSource(deployments or [])
-        app = create_app(Settings(**settings), source=backend_source, auth=auth_config)
+        gateway_settings = Settings(**settings)
+        backend_source = source or StaticSource(
+            deployments or [], health_interval_s=gateway_settings.health_check_interval_s
+        )
+        app = create_app(gateway_settings, source=backend_source, auth=auth_config)
         server = GatewayServer(app).start()
         servers.append(server)
         return server

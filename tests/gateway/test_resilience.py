@@ -78,12 +78,40 @@ def test_retry_on_other_replica_after_5xx_and_eject(
 
 
 def test_retry_on_connect_error(start_gateway: GatewayFactory, spare: FakeEngine) -> None:
+    """Without health checks (or between two), a dead endpoint is found by a request: retried
+    on another replica and ejected."""
     dead = free_dead_url()
     server = start_gateway(
-        [deployment("q", "ollama", OLLAMA_MODEL, [dead, spare.url], routing=SPREAD)]
+        [deployment("q", "ollama", OLLAMA_MODEL, [dead, spare.url], routing=SPREAD)],
+        health_check_interval_s=0,
     )
     assert [chat(server).status_code for _ in range(4)] == [200] * 4
     assert server.gateway.balancer.is_ejected(dead)
+
+
+def test_static_endpoints_are_health_checked(
+    start_gateway: GatewayFactory, spare: FakeEngine
+) -> None:
+    """A static endpoint that does not answer its health route gets no request; a model with no
+    healthy endpoint waits (bounded) for one instead of failing at once, as in a cold start."""
+    dead = free_dead_url()
+    server = start_gateway(
+        [
+            deployment("q", "ollama", OLLAMA_MODEL, [dead, spare.url], routing=SPREAD),
+            deployment("gone", "ollama", "gone", [dead]),
+        ],
+        health_check_interval_s=0.2,
+        cold_start_timeout_s=1,
+    )
+    assert server.gateway.source.resolve(OLLAMA_MODEL).replicas == (spare.url,)  # type: ignore[union-attr]
+    assert [chat(server).status_code for _ in range(4)] == [200] * 4
+    assert not server.gateway.balancer.is_ejected(dead)  # never tried: nothing to eject
+    began = time.monotonic()
+    waited = chat(server, model="gone")
+    assert waited.status_code == 503
+    assert "became ready within 1 s" in waited.json()["error"]["message"]
+    assert time.monotonic() - began >= 1
+    assert httpx.get(server.url + "/readyz").status_code == 200  # the gateway itself is ready
 
 
 def test_ejected_replica_returns_after_cool_down(

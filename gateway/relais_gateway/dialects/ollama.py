@@ -367,7 +367,7 @@ def _synthetic_show(backend: Backend) -> Json:
         "template": "",
         "details": _details(backend),
         "model_info": {"general.architecture": backend.engine, "relais.engine": backend.engine},
-        "capabilities": ["completion"],
+        "capabilities": ["embedding"] if backend.task == "embed" else ["completion"],
         "modified_at": "1970-01-01T00:00:00Z",
     }
 

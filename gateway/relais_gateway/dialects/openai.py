@@ -253,8 +253,25 @@ async def model(model: str, gateway: GatewayDep, caller: CallerDep) -> dict[str,
     return _model_card(backend)
 
 
+CAPABILITIES = {
+    "generate": ["chat.completions", "completions"],
+    "embed": ["embeddings"],
+    None: ["chat.completions", "completions", "embeddings"],
+}
+"""What a model serves, by its task (None: the engine's own mix), in `/v1/models`."""
+
+
 def _model_card(backend: Backend) -> dict[str, Any]:
-    return {"id": backend.model, "object": "model", "created": 0, "owned_by": "relais"}
+    serves = [
+        c for c in CAPABILITIES[backend.task] if f"/v1/{c.replace('.', '/')}" in backend.kind.routes
+    ]
+    return {
+        "id": backend.model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "relais",
+        "capabilities": serves,
+    }
 
 
 @router.post(
