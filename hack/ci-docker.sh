@@ -49,13 +49,18 @@ debian_mirror() {
   done
   url=$(awk '$2 ~ /security/ {next}
     $1 == "URIs:" || ($1 == "deb" && $2 ~ /debian\/?$/) {print $2; exit}' /dev/null "${files[@]}")
-  echo "${url:-http://deb.debian.org/debian}"
+  if [ -z "$url" ]; then
+    log "no Debian mirror is configured in /etc/apt (sources.list or sources.list.d):"
+    log "the base image is built with debootstrap from the mirror apt uses here; add one first"
+    return 1
+  fi
+  echo "$url"
 }
 
 build_base_image() {
   if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then return; fi
   local root="$STATE_DIR/rootfs" mirror
-  mirror=$(debian_mirror)
+  mirror=$(debian_mirror) || exit 1
   log "debootstrap bookworm from $mirror into $root"
   rm -rf "$root"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \

@@ -26,6 +26,7 @@ from relais_gateway.admission import Admission
 from relais_gateway.auth import Authenticator, FailureThrottle
 from relais_gateway.balancer import Balancer
 from relais_gateway.config import AuthConfig, load_auth_file, load_static_auth, load_static_config
+from relais_gateway.cors import Cors
 from relais_gateway.deps import GatewayDep
 from relais_gateway.dialects import ollama, openai
 from relais_gateway.edge import EdgeMiddleware
@@ -82,6 +83,8 @@ def create_app(
         default_source, default_auth = sources_from_settings(settings)
         source = source or default_source
         auth = auth or default_auth
+    if "*" in settings.cors_allow_origins and auth.disabled:
+        raise ValueError("CORS_ALLOW_ORIGINS '*' needs auth: any web page could use the gateway")
     balancer = Balancer(settings.eject_cooldown_s)
     admission = Admission(
         settings.max_waiting_requests, settings.queue_timeout_s, settings.retry_after_s
@@ -147,6 +150,7 @@ def create_app(
         authenticator=authenticator,
         throttle=FailureThrottle(settings.auth_failures_per_minute),
         fast_routes=fast_routes,
+        cors=Cors(settings.cors_allow_origins) if settings.cors_allow_origins else None,
     )
     return app
 

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relais_gateway.auth import Authenticator, FailureThrottle, presented_key
+from relais_gateway.cors import Cors
 from relais_gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -81,6 +82,7 @@ class EdgeMiddleware:
         authenticator: Authenticator,
         throttle: FailureThrottle,
         fast_routes: Mapping[str, Endpoint],
+        cors: Cors | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -89,6 +91,7 @@ class EdgeMiddleware:
         self.authenticator = authenticator
         self.throttle = throttle
         self.fast_routes = fast_routes
+        self.cors = cors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,11 +100,20 @@ class EdgeMiddleware:
         started = time.perf_counter()
         rid = ""
         length = -1
+        origin: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 rid = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
+            elif name == b"origin":
+                origin = value
+        if origin is not None and self.cors is not None:
+            if scope["method"] == "OPTIONS":
+                await self._preflight(scope, origin, send)
+                return
+            if self.cors.allows(origin):
+                send = _with_headers(send, self.cors.headers(origin))
         if not _valid_request_id(rid):
             rid = os.urandom(16).hex()
         state: dict[str, Any] = scope.setdefault("state", {})
@@ -139,6 +151,15 @@ class EdgeMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+    async def _preflight(self, scope: Scope, origin: bytes, send: Send) -> None:
+        assert self.cors is not None
+        requested = next(
+            (v for k, v in scope["headers"] if k == b"access-control-request-headers"), None
+        )
+        status, headers = self.cors.preflight(origin, requested)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     def _authenticate(self, scope: Scope, state: dict[str, Any]) -> None:
         """Who calls, from the headers alone (401, 400 for ambiguous keys, 429 for an address
@@ -230,6 +251,17 @@ class EdgeMiddleware:
                 "latency_ms": round(elapsed * 1000, 2),
             }
         )
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """`send`, adding `headers` to the response's start (streams included)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *headers]
+        await send(message)
+
+    return sending
 
 
 def _error_response(exc: GatewayError, path: str) -> Response:

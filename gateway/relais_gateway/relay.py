@@ -10,6 +10,7 @@ for it). Scanning is by byte search; a line is parsed only when it carries count
 from __future__ import annotations
 
 import abc
+import re
 import time
 from typing import Any
 
@@ -20,27 +21,38 @@ DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
 NDJSON_DONE_MARKS = (b'"done":true', b'"done": true')
 
 
+MODEL_FIELD = re.compile(rb'"model":(\s*)"(?:[^"\\]|\\.)*"')
+
+
 class Rename:
-    """Puts the served model name back where the engine wrote its own name for the model."""
+    """Puts the name the client used wherever an answer names the model (`"model": ...`),
+    whatever name the engine wrote there: its own (`--served-model-name`, an Ollama tag), its
+    model id (TGI, llama.cpp), or an alias.
 
-    __slots__ = ("_pairs",)
+    Bytes in, bytes out, nothing re-encoded: when every `"model"` field already holds the served
+    name (the common case), the data is returned as it came, after two byte counts.
+    """
 
-    def __init__(self, engine_name: str, served_name: str) -> None:
-        old, new = orjson.dumps(engine_name), orjson.dumps(served_name)
-        self._pairs = [
-            (b'"model":' + old, b'"model":' + new),
-            (b'"model": ' + old, b'"model": ' + new),
-        ]
+    __slots__ = ("_right", "_spaced", "_value")
+
+    def __init__(self, served_name: str) -> None:
+        self._value = orjson.dumps(served_name)
+        self._right = b'"model":' + self._value
+        self._spaced = b'"model": ' + self._value
 
     def __call__(self, data: bytes) -> bytes:
-        for old, new in self._pairs:
-            data = data.replace(old, new)
-        return data
+        fields = data.count(b'"model":')
+        if not fields or data.count(self._right) + data.count(self._spaced) == fields:
+            return data
+        return MODEL_FIELD.sub(self._replace, data)
+
+    def _replace(self, match: re.Match[bytes]) -> bytes:
+        return b'"model":' + match.group(1) + self._value
 
 
-def renamer(engine_name: str, served_name: str) -> Rename | None:
-    """A `Rename` when the two names differ, else None (nothing to do)."""
-    return Rename(engine_name, served_name) if engine_name != served_name else None
+def renamer(served_name: str) -> Rename:
+    """The `Rename` for answers to a request for `served_name`."""
+    return Rename(served_name)
 
 
 MAX_COUNT = 2**31 - 1

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -25,6 +25,17 @@ class Settings(BaseSettings):
     """Kubernetes source: a YAML file holding the `auth:` section's content."""
     log_level: str = "info"
     access_log: bool = False
+
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins (`https://app.example.com`, or `*` with auth on) whose pages may call the gateway
+    from a browser; empty: CORS off. Comma-separated in the environment."""
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     """Serve /metrics on this management port only (not on the API port); unset: on the API port."""

@@ -18,6 +18,7 @@ import aiohttp
 
 from relais_gateway.balancer import Balancer
 from relais_gateway.errors import (
+    EngineRejected,
     NoReadyReplica,
     UpstreamError,
     UpstreamTimeout,
@@ -75,6 +76,8 @@ class Upstream:
                 self._failed(replica)
                 if not self._retry(exc, tried, backend):
                     raise
+            except EngineRejected as exc:
+                raise served_name_in(exc, backend) from None
             finally:
                 self.balancer.end_replica(replica)
 
@@ -99,6 +102,8 @@ class Upstream:
                     if self._retry(exc, tried, backend):
                         continue
                     raise
+                except EngineRejected as exc:
+                    raise served_name_in(exc, backend) from None
                 async for chunk in self._relay(replica, resp, first):
                     yield chunk
                 return
@@ -259,6 +264,13 @@ before_network_wait: ContextVar[Callable[[], Awaitable[None]] | None] = ContextV
 Chunks decoded from one network read are then sent to the client in one write, and nothing is
 held back while the gateway waits for more: chunks stay unbuffered, writes stay few.
 """
+
+
+def served_name_in(error: EngineRejected, backend: Backend) -> EngineRejected:
+    """The engine's refusal, naming the model as the client did (not by the engine's name)."""
+    if backend.upstream_model != backend.model:
+        error.message = error.message.replace(backend.upstream_model, backend.model)
+    return error
 
 
 async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -253,7 +253,7 @@ def test_sse_relay_forwards_lines_whole_and_strips_only_its_own_usage_chunk() ->
         "usage": {"prompt_tokens": 2, "completion_tokens": 1},
     }
     data = sse(chunk, usage, b"[DONE]")
-    relay = SseRelay(renamer("engine", "served"), strip_usage=True)
+    relay = SseRelay(renamer("served"), strip_usage=True)
     out = b"".join(relay.feed(data[i : i + 7]) for i in range(0, len(data), 7)) + relay.close()
     assert b'"model":"served"' in out
     assert b"engine" not in out

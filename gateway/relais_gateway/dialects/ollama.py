@@ -185,7 +185,7 @@ async def _native(
     owned = own_ollama(body, backend, generates=path in ("/api/chat", "/api/generate"))
     if owned.capped:
         gateway.metrics.capped.labels(backend.model).inc()
-    rename = renamer(backend.upstream_model, backend.model)
+    rename = renamer(backend.model)
     if owned.stream:
         reader = NdjsonRelay(rename)
         return await stream(gateway, backend, path, body, request, reader, NDJSON, {}, prefix)
@@ -200,7 +200,7 @@ async def _native(
         gateway.metrics.count_tokens(key_name(request), backend.model, prompt, count)
         if schema[0]:
             check_structured(translate.answer_text(data, path == "/api/chat"), schema[1])
-    return json_response(rename(reply.body) if rename is not None else reply.body)
+    return json_response(rename(reply.body))
 
 
 # ---------------------------------------------------------------- translating to OpenAI engines
@@ -344,8 +344,8 @@ async def show(request: Request) -> Response:
     forwarded = {**body, "model": backend.upstream_model}
     forwarded.pop("name", None)
     reply = await gateway.lookup(backend, "/api/show", forwarded, request_id(request))
-    rename = renamer(backend.upstream_model, backend.model)
-    return json_response(rename(reply.body) if rename is not None else reply.body)
+    rename = renamer(backend.model)
+    return json_response(rename(reply.body))
 
 
 def _details(backend: Backend) -> Json:

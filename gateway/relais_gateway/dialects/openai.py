@@ -150,7 +150,7 @@ async def _forward(
     if owned.capped:
         gateway.metrics.capped.labels(backend.model).inc()
     body = backend.kind.adapt_openai(body)
-    rename = renamer(backend.upstream_model, backend.model)
+    rename = renamer(backend.model)
     weight = owned.sequences
     if owned.stream:
         options = body.get("stream_options")
@@ -172,7 +172,7 @@ async def _forward(
         if schema[0]:
             with malformed_answer():
                 _check_choices(data, schema[1])
-    content = rename(reply.body) if rename is not None else reply.body
+    content = rename(reply.body)
     return json_response(content, media_type=reply.content_type)
 
 
