@@ -28,7 +28,7 @@ from relais_gateway.balancer import Balancer
 from relais_gateway.config import AuthConfig, load_auth_file, load_static_auth, load_static_config
 from relais_gateway.cors import Cors
 from relais_gateway.deps import GatewayDep
-from relais_gateway.dialects import ollama, openai
+from relais_gateway.dialects import ollama, openai, responses
 from relais_gateway.edge import EdgeMiddleware
 from relais_gateway.errors import GatewayError, from_validation, render_error
 from relais_gateway.metrics import Metrics
@@ -128,6 +128,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.include_router(responses.router)  # before the OpenAI catch-all route
     app.include_router(openai.router)
     app.include_router(ollama.router)
     app.include_router(ollama.root_router)

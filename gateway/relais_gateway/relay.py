@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -20,6 +21,9 @@ USAGE_MARKS = (b'"usage":{', b'"usage": {')
 DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
 NDJSON_DONE_MARKS = (b'"done":true', b'"done": true')
 
+
+Rewrite = Callable[[bytes], bytes]
+"""What a relay applies to the lines it forwards (the served name, response ids)."""
 
 MODEL_FIELD = re.compile(rb'"model":(\s*)"(?:[^"\\]|\\.)*"')
 
@@ -73,7 +77,7 @@ class LineSplitter(abc.ABC):
     """Splits network chunks into runs of complete lines, keeping the partial tail; each kind of
     stream (the relays here, the translator in translate.py) handles those lines in `_complete`."""
 
-    def __init__(self, rename: Rename | None) -> None:
+    def __init__(self, rename: Rewrite | None) -> None:
         self.rename = rename
         self.ended = False
         self.prompt_tokens = 0
@@ -114,7 +118,7 @@ class SseRelay(LineSplitter):
 
     def __init__(
         self,
-        rename: Rename | None,
+        rename: Rewrite | None,
         *,
         strip_usage: bool,
         add_usage: bool = False,
@@ -224,7 +228,7 @@ def _loads(data: bytes) -> Any:
 class RawRelay(LineSplitter):
     """Any other stream (e.g. `/v1/responses` events): forwarded whole, nothing read."""
 
-    def __init__(self, rename: Rename | None) -> None:
+    def __init__(self, rename: Rewrite | None) -> None:
         super().__init__(rename)
         self.ended = True  # no end marker is known for an arbitrary route
 

@@ -124,7 +124,7 @@ class Gateway:
         prefix: str,
         weight: int,
     ) -> Reply:
-        backend = await self._ready(backend)
+        backend = await self.ready(backend)
         slots = await self._enter(backend, weight)
         try:
             reply = await self.upstream.whole(backend, path, payload, rid, prefix)
@@ -133,9 +133,13 @@ class Gateway:
         self.metrics.observe_ttft(backend.model, time.perf_counter() - started)
         return reply
 
-    async def lookup(self, backend: Backend, path: str, body: Json, rid: str) -> Reply:
-        """A metadata call (e.g. Ollama's /api/show): no concurrency slot, no generation metrics."""
-        return await self.upstream.whole(backend, path, encode(body), rid)
+    async def lookup(
+        self, backend: Backend, path: str, body: Json | None, rid: str, method: str = "POST"
+    ) -> Reply:
+        """A metadata call (Ollama's /api/show, retrieving a stored response): no concurrency
+        slot, no generation metrics."""
+        payload = encode(body) if body is not None else None
+        return await self.upstream.whole(backend, path, payload, rid, method=method)
 
     async def open_stream(
         self,
@@ -162,7 +166,7 @@ class Gateway:
     async def _stream(
         self, backend: Backend, path: str, payload: bytes, rid: str, prefix: str, weight: int
     ) -> AsyncGenerator[bytes, None]:
-        backend = await self._ready(backend)
+        backend = await self.ready(backend)
         slots = await self._enter(backend, weight)
         try:
             async for chunk in self.upstream.stream(backend, path, payload, rid, prefix):
@@ -170,7 +174,7 @@ class Gateway:
         finally:
             self._leave(backend, slots)
 
-    async def _ready(self, backend: Backend) -> Backend:
+    async def ready(self, backend: Backend) -> Backend:
         """`backend` with a ready replica: at once, or after a cold start (autoscaled models)."""
         if backend.replicas:
             return backend
@@ -236,6 +240,10 @@ class Gateway:
     def _leave(self, backend: Backend, slots: int) -> None:
         self.balancer.end_model(backend.model)
         self.admission.release(backend.model, slots)
+
+
+MAX_JSON_DEPTH = 254
+"""The deepest nesting orjson re-encodes (it refuses 255 levels)."""
 
 
 def encode(body: Json) -> bytes:

@@ -59,9 +59,16 @@ class Upstream:
         self.metrics = metrics
 
     async def whole(
-        self, backend: Backend, path: str, payload: bytes, request_id: str, prefix: str = ""
+        self,
+        backend: Backend,
+        path: str,
+        payload: bytes | None,
+        request_id: str,
+        prefix: str = "",
+        method: str = "POST",
     ) -> Reply:
-        """POST `payload` to `path` on a replica and read the whole 200 answer."""
+        """Send `payload` to `path` on a replica (POST, or `method`) and read the whole 200
+        answer."""
         tried: list[str] = []
         while True:
             replica = self._pick(backend, tried, prefix)
@@ -69,7 +76,7 @@ class Upstream:
             try:
                 with upstream_errors(replica):
                     async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                        reply = await self._exchange(replica + path, payload, request_id)
+                        reply = await self._exchange(method, replica + path, payload, request_id)
                 self.balancer.restore(replica)
                 return reply
             except (UpstreamError, UpstreamTimeout) as exc:
@@ -135,8 +142,11 @@ class Upstream:
     def _headers(self, request_id: str) -> dict[str, str]:
         return {"Content-Type": "application/json", "X-Request-ID": request_id}
 
-    async def _exchange(self, url: str, payload: bytes, request_id: str) -> Reply:
-        resp = await self.session.post(url, data=payload, headers=self._headers(request_id))
+    async def _exchange(
+        self, method: str, url: str, payload: bytes | None, request_id: str
+    ) -> Reply:
+        headers = self._headers(request_id)
+        resp = await self.session.request(method, url, data=payload, headers=headers)
         try:
             if resp.status != 200:
                 raise from_engine_status(resp.status, await resp.content.read(ERROR_BODY_LIMIT))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from tests.fakes import responses
 from tests.fakes.core import (
     MAX_TOTAL_TOKENS,
     STATE,
@@ -167,6 +168,7 @@ def create_app(startup: Switches | None = None) -> web.Application:
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", metrics)
     add_openai_routes(app, FLAVOR)
+    responses.mount(app)
     return app
 
 

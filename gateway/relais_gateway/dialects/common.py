@@ -22,7 +22,7 @@ from relais_gateway.errors import (
     from_validation,
 )
 from relais_gateway.registry import Backend
-from relais_gateway.service import Gateway, cancel_on_disconnect
+from relais_gateway.service import MAX_JSON_DEPTH, Gateway, cancel_on_disconnect, encode
 from relais_gateway.upstream import Reply, before_network_wait
 
 Json = dict[str, Any]
@@ -41,6 +41,8 @@ def read_json(request: Request) -> Json:
         raise InvalidRequest("malformed JSON body", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:  # only then can it nest that deep
+        encode(body)  # 400 `json_too_deep` for what could not be sent on, on every route
     return body
 
 

@@ -33,11 +33,17 @@ from relais_gateway.dialects.common import (
     whole,
 )
 from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS, ROUTES
-from relais_gateway.errors import InvalidRequest, ModelNotFound, NotFound, malformed_answer
+from relais_gateway.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    UpstreamError,
+    malformed_answer,
+)
 from relais_gateway.owned import own_openai
 from relais_gateway.prefix import chat_prefix, prompt_prefix
 from relais_gateway.registry import Backend
-from relais_gateway.relay import RawRelay, SseRelay, renamer, token_count
+from relais_gateway.relay import RawRelay, Rewrite, SseRelay, renamer, token_count
 from relais_gateway.service import Gateway, check_json_schema, check_structured
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
@@ -125,14 +131,15 @@ def _structured(fmt: ResponseFormat | None) -> tuple[bool, dict[str, Any] | None
     return True, schema
 
 
-def _admit(request: Request, model: str) -> tuple[Gateway, Backend]:
+def admit(request: Request, model: str) -> tuple[Gateway, Backend]:
+    """The caller's backend for `model` (404, 429), noted for the request log and metrics."""
     gateway = gateway_of(request)
     caller = caller_of(request, gateway)
     note_model(request, gateway, model)
     return gateway, gateway.admit(caller, model)
 
 
-async def _forward(
+async def forward(
     request: Request,
     gateway: Gateway,
     backend: Backend,
@@ -142,6 +149,7 @@ async def _forward(
     prefix: str = "",
     schema: tuple[bool, dict[str, Any] | None] = (False, None),
     raw: bool = False,
+    rewrite: Rewrite | None = None,
 ) -> Response:
     """Forward `body` to `path`, its owned fields written last; answer with the engine's bytes
     (the model renamed back)."""
@@ -150,7 +158,7 @@ async def _forward(
     if owned.capped:
         gateway.metrics.capped.labels(backend.model).inc()
     body = backend.kind.adapt_openai(body)
-    rename = renamer(backend.model)
+    rename = rewrite or renamer(backend.model)
     weight = owned.sequences
     if owned.stream:
         options = body.get("stream_options")
@@ -167,6 +175,8 @@ async def _forward(
         )
     reply = await whole(gateway, backend, path, body, request, prefix, weight)
     data = _parsed(reply.body) if not raw or path == EMBEDDINGS else None
+    if data is None and (not raw or path == EMBEDDINGS):
+        raise UpstreamError("the engine's answer is not a JSON object")
     if data is not None:
         _count(gateway, backend, data, key_name(request))
         if schema[0]:
@@ -208,10 +218,10 @@ def _count(gateway: Gateway, backend: Backend, data: Json, key: str) -> None:
 async def chat_completions(request: Request) -> Response:
     body = read_json(request)
     owned = check(ChatCompletionRequest, body)
-    gateway, backend = _admit(request, owned.model)
+    gateway, backend = admit(request, owned.model)
     schema = _structured(owned.response_format)
     prefix = chat_prefix(body["messages"], backend.routing.prefix_char_length)
-    return await _forward(request, gateway, backend, CHAT, body, prefix=prefix, schema=schema)
+    return await forward(request, gateway, backend, CHAT, body, prefix=prefix, schema=schema)
 
 
 @router.post(
@@ -222,9 +232,9 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     body = read_json(request)
     owned = check(CompletionRequest, body)
-    gateway, backend = _admit(request, owned.model)
+    gateway, backend = admit(request, owned.model)
     prefix = prompt_prefix(body["prompt"], backend.routing.prefix_char_length)
-    return await _forward(request, gateway, backend, COMPLETIONS, body, prefix=prefix)
+    return await forward(request, gateway, backend, COMPLETIONS, body, prefix=prefix)
 
 
 @router.post(
@@ -235,8 +245,8 @@ async def completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     body = read_json(request)
     owned = check(EmbeddingRequest, body)
-    gateway, backend = _admit(request, owned.model)
-    return await _forward(request, gateway, backend, EMBEDDINGS, body, raw=True)
+    gateway, backend = admit(request, owned.model)
+    return await forward(request, gateway, backend, EMBEDDINGS, body, raw=True)
 
 
 @router.get("/models", summary="List models (OpenAI)")
@@ -286,8 +296,8 @@ async def any_model_route(path: str, request: Request) -> Response:
         raise NotFound(f"no route {target[:100]}")
     body = read_json(request)
     owned = check(AnyModelRequest, body)
-    gateway, backend = _admit(request, owned.model)
-    return await _forward(request, gateway, backend, target, body, raw=True)
+    gateway, backend = admit(request, owned.model)
+    return await forward(request, gateway, backend, target, body, raw=True)
 
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
