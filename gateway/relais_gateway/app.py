@@ -28,7 +28,7 @@ from relais_gateway.balancer import Balancer
 from relais_gateway.config import AuthConfig, load_auth_file, load_static_auth, load_static_config
 from relais_gateway.cors import Cors
 from relais_gateway.deps import GatewayDep
-from relais_gateway.dialects import ollama, openai, responses
+from relais_gateway.dialects import audio, ollama, openai, responses
 from relais_gateway.edge import EdgeMiddleware
 from relais_gateway.errors import GatewayError, from_validation, render_error
 from relais_gateway.metrics import Metrics
@@ -129,7 +129,9 @@ def create_app(
     )
     app.state.settings = settings
     app.include_router(responses.router)  # before the OpenAI catch-all route
+    app.include_router(audio.router)  # before the OpenAI catch-all route too
     app.include_router(openai.router)
+    app.include_router(openai.root_router)
     app.include_router(ollama.router)
     app.include_router(ollama.root_router)
     _document_request_bodies(app, openai.REQUEST_MODELS + ollama.REQUEST_MODELS)
@@ -146,6 +148,7 @@ def create_app(
     app.edge = EdgeMiddleware(
         partial(FastAPI.__call__, app),
         max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
         body_timeout_s=settings.body_timeout_s,
         metrics=metrics,
         authenticator=authenticator,

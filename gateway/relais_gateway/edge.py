@@ -59,6 +59,7 @@ API_ROUTES = frozenset(
 )
 """Routes counted in the request metrics and log by their own path (others: by prefix)."""
 
+UPLOAD_ROUTES = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
 PUBLIC_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"})
 """Routes anyone may call: probes, the metrics when they share the API port, the API docs."""
 PROBE_ROUTES = frozenset({"/", "/api/version"})
@@ -77,6 +78,7 @@ class EdgeMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        max_upload_bytes: int,
         body_timeout_s: float,
         metrics: Metrics,
         authenticator: Authenticator,
@@ -86,6 +88,7 @@ class EdgeMiddleware:
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
         self.body_timeout_s = body_timeout_s
         self.metrics = metrics
         self.authenticator = authenticator
@@ -129,7 +132,8 @@ class EdgeMiddleware:
                 return
             endpoint = self.fast_routes.get(scope["path"]) if scope["method"] == "POST" else None
             if body_receive is None:
-                too_large = f"request body over the limit of {self.max_body_bytes} bytes"
+                limit = self._body_limit(scope)
+                too_large = f"request body over the limit of {limit} bytes"
                 await self._reject(PayloadTooLarge(too_large), scope, rid_header, send)
             elif endpoint is not None:
                 await _call_endpoint(endpoint, scope, body_receive, send, rid_header)
@@ -161,6 +165,10 @@ class EdgeMiddleware:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
+    def _body_limit(self, scope: Scope) -> int:
+        """Uploads (audio) have their own limit; every other body the JSON one."""
+        return self.max_upload_bytes if scope["path"] in UPLOAD_ROUTES else self.max_body_bytes
+
     def _authenticate(self, scope: Scope, state: dict[str, Any]) -> None:
         """Who calls, from the headers alone (401, 400 for ambiguous keys, 429 for an address
         that keeps failing); public routes pass without a key."""
@@ -186,7 +194,8 @@ class EdgeMiddleware:
         it does not arrive within the body timeout)."""
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return receive
-        if length > self.max_body_bytes:
+        limit = self._body_limit(scope)
+        if length > limit:
             return None
         chunks: list[bytes] = []
         size = 0
@@ -198,7 +207,7 @@ class EdgeMiddleware:
                         return receive  # disconnected: the app sees it on its own receive
                     chunk = message.get("body", b"")
                     size += len(chunk)
-                    if size > self.max_body_bytes:
+                    if size > limit:
                         return None
                     chunks.append(chunk)
                     if not message.get("more_body", False):

@@ -28,9 +28,10 @@ Body = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """An inference route: the task a model must serve for it, and its output-token field."""
+    """An inference route: the task a model must serve for it (None: any), and its
+    output-token field."""
 
-    task: Task
+    task: Task | None
     token_field: str | None = None
     """Where the deployment's maxTokens goes when the client asks for none (None: no output)."""
 
@@ -46,6 +47,12 @@ ROUTES: dict[str, Route] = {
     EMBEDDINGS: Route("embed"),
     "/v1/rerank": Route("embed"),
     "/v1/score": Route("embed"),
+    # vLLM's own routes beside /v1 (Jina's and Cohere's rerank forms, scoring, tokenizing).
+    "/rerank": Route("embed"),
+    "/v2/rerank": Route("embed"),
+    "/score": Route("embed"),
+    "/tokenize": Route(None),
+    "/detokenize": Route(None),
 }
 """Every route the gateway forwards to an engine, by its path on the engine."""
 
@@ -91,6 +98,9 @@ def _tgi_response_format(body: Body) -> Body:
     return body
 
 
+OPENAI_ROUTES = frozenset(path for path in ROUTES if path.startswith("/v1/"))
+"""What any OpenAI-compatible server may serve: the `/v1` routes (vLLM's own are vLLM's)."""
+
 ENGINES: dict[str, Engine] = {
     engine.name: engine
     for engine in (
@@ -102,9 +112,9 @@ ENGINES: dict[str, Engine] = {
         ),
         # TGI serves no embeddings (it is a text-generation server; TEI is a separate product).
         Engine("tgi", routes=frozenset({CHAT, COMPLETIONS}), adapt_openai=_tgi_response_format),
-        Engine("vllm"),
+        Engine("vllm"),  # every route above
         # Any other OpenAI-compatible server (llama.cpp's, LM Studio, ...): /v1/models is the
         # route they all serve.
-        Engine("openai", health_path="/v1/models"),
+        Engine("openai", health_path="/v1/models", routes=OPENAI_ROUTES),
     )
 }

@@ -33,7 +33,7 @@ from relais_gateway.errors import (
 from relais_gateway.metrics import Metrics
 from relais_gateway.registry import Backend, BackendSource
 from relais_gateway.settings import Settings
-from relais_gateway.upstream import Reply, Upstream
+from relais_gateway.upstream import Payload, Reply, Upstream
 
 T = TypeVar("T")
 log = logging.getLogger("relais_gateway.service")
@@ -84,7 +84,8 @@ class Gateway:
         """400 when the model does not serve `path`'s task (an embedding model asked for chat),
         501 when its engine does not serve `path` (TGI has no embeddings)."""
         route = ROUTES.get(path)
-        if route is not None and backend.task is not None and route.task != backend.task:
+        mismatch = route is not None and route.task not in (None, backend.task)
+        if mismatch and backend.task is not None:
             serves = "embeddings" if backend.task == "embed" else "text generation"
             raise InvalidRequest(
                 f"model {backend.model!r} serves {serves} only; {path} is not available for it",
@@ -114,20 +115,37 @@ class Gateway:
             receive, self._whole(backend, path, payload, rid, started, prefix, weight)
         )
 
+    async def upload(
+        self,
+        backend: Backend,
+        path: str,
+        parts: list[memoryview],
+        content_type: str,
+        receive: Receive,
+        rid: str,
+        started: float,
+    ) -> Reply:
+        """Forward an upload (a multipart body, as slices of the client's); the whole answer."""
+        work = self._whole(backend, path, parts, rid, started, "", 1, content_type)
+        return await cancel_on_disconnect(receive, work)
+
     async def _whole(
         self,
         backend: Backend,
         path: str,
-        payload: bytes,
+        payload: Payload,
         rid: str,
         started: float,
         prefix: str,
         weight: int,
+        content_type: str = "application/json",
     ) -> Reply:
         backend = await self.ready(backend)
         slots = await self._enter(backend, weight)
         try:
-            reply = await self.upstream.whole(backend, path, payload, rid, prefix)
+            reply = await self.upstream.whole(
+                backend, path, payload, rid, prefix, content_type=content_type
+            )
         finally:
             self._leave(backend, slots)
         self.metrics.observe_ttft(backend.model, time.perf_counter() - started)

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     """Serve /metrics on this management port only (not on the API port); unset: on the API port."""
 
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_upload_bytes: int = Field(default=25 * 1_048_576, gt=0)
+    """An upload (`/v1/audio/...` multipart body); beyond it, 413."""
     max_header_bytes: int = Field(default=65_536, ge=1024)
     """Request line and headers together; beyond it, 431 before anything else is read."""
     header_timeout_s: float = Field(default=10.0, gt=0)

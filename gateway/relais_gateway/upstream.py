@@ -10,7 +10,7 @@ Bytes are returned as the engine sent them; reading them is the callers' busines
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -33,6 +33,15 @@ from relais_gateway.settings import Settings
 MAX_ATTEMPTS = 3
 DRAIN_TIMEOUT_S = 1.0
 ERROR_BODY_LIMIT = 64 * 1024
+
+
+Payload = bytes | list[memoryview] | None
+"""A request body: JSON bytes, an upload as slices of the client's body, or none."""
+
+
+async def _slices(parts: list[memoryview]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part  # type: ignore[misc]  # aiohttp writes any bytes-like object
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +71,14 @@ class Upstream:
         self,
         backend: Backend,
         path: str,
-        payload: bytes | None,
+        payload: Payload,
         request_id: str,
         prefix: str = "",
         method: str = "POST",
+        content_type: str = "application/json",
     ) -> Reply:
         """Send `payload` to `path` on a replica (POST, or `method`) and read the whole 200
-        answer."""
+        answer. A payload of slices (an upload) is sent one slice after another, never joined."""
         tried: list[str] = []
         while True:
             replica = self._pick(backend, tried, prefix)
@@ -76,7 +86,9 @@ class Upstream:
             try:
                 with upstream_errors(replica):
                     async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                        reply = await self._exchange(method, replica + path, payload, request_id)
+                        reply = await self._exchange(
+                            method, replica + path, payload, request_id, content_type
+                        )
                 self.balancer.restore(replica)
                 return reply
             except (UpstreamError, UpstreamTimeout) as exc:
@@ -139,14 +151,15 @@ class Upstream:
         self.balancer.eject(replica)
         self.metrics.upstream_failures.labels(replica).inc()
 
-    def _headers(self, request_id: str) -> dict[str, str]:
-        return {"Content-Type": "application/json", "X-Request-ID": request_id}
+    def _headers(self, request_id: str, content_type: str = "application/json") -> dict[str, str]:
+        return {"Content-Type": content_type, "X-Request-ID": request_id}
 
     async def _exchange(
-        self, method: str, url: str, payload: bytes | None, request_id: str
+        self, method: str, url: str, payload: Payload, request_id: str, content_type: str
     ) -> Reply:
-        headers = self._headers(request_id)
-        resp = await self.session.request(method, url, data=payload, headers=headers)
+        headers = self._headers(request_id, content_type)
+        data = _slices(payload) if isinstance(payload, list) else payload
+        resp = await self.session.request(method, url, data=data, headers=headers)
         try:
             if resp.status != 200:
                 raise from_engine_status(resp.status, await resp.content.read(ERROR_BODY_LIMIT))

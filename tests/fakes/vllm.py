@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from tests.fakes import responses
+from tests.fakes import audio, responses
 from tests.fakes.core import (
     MAX_TOTAL_TOKENS,
     STATE,
@@ -169,6 +169,7 @@ def create_app(startup: Switches | None = None) -> web.Application:
     app.router.add_get("/metrics", metrics)
     add_openai_routes(app, FLAVOR)
     responses.mount(app)
+    audio.mount(app)
     return app
 
 

@@ -78,3 +78,21 @@ def test_engine_error_fields_are_read_whatever_the_shape() -> None:
     hostile = from_engine_status(400, b'{"error": {"message": "m", "param": {"x": 1}}}')
     assert hostile.param is None  # engine fields are never trusted to be strings
     assert len(from_engine_status(400, b"x" * 100_000).message) < 600
+
+
+@pytest.mark.parametrize("path", ["/rerank", "/v2/rerank", "/score", "/tokenize", "/detokenize"])
+def test_vllm_routes_beside_v1_reach_vllm_only(
+    start_gateway: GatewayFactory, vllm_engine: FakeEngine, ollama_engine: FakeEngine, path: str
+) -> None:
+    server = start_gateway(
+        [
+            deployment("v", "vllm", "v", [vllm_engine.url], engine_model=VLLM_MODEL),
+            deployment("o", "ollama", "o", [ollama_engine.url]),
+        ]
+    )
+    forwarded = httpx.post(server.url + path, json={"model": "v", "query": "q", "prompt": "x"})
+    assert forwarded.status_code != 501  # vLLM serves it: forwarded (this fake answers its 404)
+    refused = httpx.post(server.url + path, json={"model": "o", "query": "q"})
+    assert refused.status_code == 501
+    assert refused.json()["error"]["code"] == "not_supported"
+    assert not ollama_engine.requests_sync()

@@ -370,8 +370,13 @@ def test_any_v1_route_naming_a_model_is_forwarded(
     gateway = start_gateway([deployment("v", "vllm", VLLM_MODEL, [vllm_engine.url])])
     body = {"model": VLLM_MODEL, "input": "hi", "new_param": [1]}
     response = httpx.post(gateway.url + "/v1/responses", json=body, timeout=30)
-    assert response.status_code == 404  # this fake vLLM serves no /v1/responses: its 404
-    error = openai_error(response)
+    assert response.status_code == 200
+    sent = [r["json"] for r in vllm_engine.requests_sync() if r["path"] == "/v1/responses"]
+    assert sent[-1]["new_param"] == [1]  # forwarded as sent...
+    assert sent[-1]["max_output_tokens"] == MAX_TOKENS  # ...with the owned fields written
+    rejected = httpx.post(gateway.url + "/v1/score", json={"model": VLLM_MODEL}, timeout=30)
+    assert rejected.status_code == 404  # this fake serves no /v1/score: vLLM's own 404
+    error = openai_error(rejected)
     assert error["code"] == "engine_rejected_request"
     assert error["message"].startswith("engine answered 404")
     not_served = httpx.post(gateway.url + "/v1/rerank", json={"model": VLLM_MODEL}, timeout=30)

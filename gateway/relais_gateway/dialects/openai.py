@@ -306,3 +306,20 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     EmbeddingRequest,
     AnyModelRequest,
 )
+
+
+root_router = APIRouter(tags=["vLLM"])
+
+
+@root_router.post("/rerank", summary="Rerank (vLLM, Jina's form)", include_in_schema=True)
+@root_router.post("/v2/rerank", summary="Rerank (vLLM, Cohere's v2 form)")
+@root_router.post("/score", summary="Score sentence pairs (vLLM)")
+@root_router.post("/tokenize", summary="Tokenize (vLLM)")
+@root_router.post("/detokenize", summary="Detokenize (vLLM)")
+async def vllm_route(request: Request) -> Response:
+    """vLLM's routes beside `/v1`, routed by `model` and forwarded as sent."""
+    body = read_json(request)
+    owned = check(AnyModelRequest, body)
+    gateway, backend = admit(request, owned.model)
+    path: str = request.scope["path"]
+    return await forward(request, gateway, backend, path, body, raw=True)
