@@ -28,7 +28,7 @@ from relais_gateway.balancer import Balancer
 from relais_gateway.config import AuthConfig, load_auth_file, load_static_auth, load_static_config
 from relais_gateway.cors import Cors
 from relais_gateway.deps import GatewayDep
-from relais_gateway.dialects import audio, ollama, openai, responses
+from relais_gateway.dialects import anthropic, audio, ollama, openai, responses
 from relais_gateway.edge import EdgeMiddleware
 from relais_gateway.errors import GatewayError, from_validation, render_error
 from relais_gateway.metrics import Metrics
@@ -36,6 +36,7 @@ from relais_gateway.registry import BackendSource, StaticSource
 from relais_gateway.reload import AuthReloader
 from relais_gateway.service import Gateway
 from relais_gateway.settings import Settings
+from relais_gateway.tracing import from_environment as tracing_from_environment
 from relais_gateway.upstream import Upstream
 
 log = logging.getLogger("relais_gateway")
@@ -92,6 +93,7 @@ def create_app(
     metrics = Metrics(balancer, admission)
     admission.on_wait = metrics.observe_wait
     authenticator = Authenticator(auth)
+    tracing = tracing_from_environment()
 
     reloader = auth_reloader(settings, authenticator, metrics)
 
@@ -100,9 +102,9 @@ def create_app(
         reloading = asyncio.create_task(reloader.run()) if reloader is not None else None
         management = await serve_metrics(settings, metrics) if settings.metrics_port else None
         async with upstream_session(settings) as session:
-            upstream = Upstream(session, settings, balancer, metrics)
+            upstream = Upstream(session, settings, balancer, metrics, tracing)
             gateway = Gateway(
-                settings, source, authenticator, balancer, metrics, upstream, admission
+                settings, source, authenticator, balancer, metrics, upstream, admission, tracing
             )
             app.state.gateway = gateway
             await source.start()
@@ -116,6 +118,8 @@ def create_app(
                     reloading.cancel()
                 if management is not None:
                     await management.cleanup()
+                if tracing is not None:
+                    tracing.shutdown()  # exports the spans still batched
 
     app = GatewayApp(
         title="Relais gateway",
@@ -130,11 +134,14 @@ def create_app(
     app.state.settings = settings
     app.include_router(responses.router)  # before the OpenAI catch-all route
     app.include_router(audio.router)  # before the OpenAI catch-all route too
+    app.include_router(anthropic.router)
     app.include_router(openai.router)
     app.include_router(openai.root_router)
     app.include_router(ollama.router)
     app.include_router(ollama.root_router)
-    _document_request_bodies(app, openai.REQUEST_MODELS + ollama.REQUEST_MODELS)
+    _document_request_bodies(
+        app, openai.REQUEST_MODELS + ollama.REQUEST_MODELS + anthropic.REQUEST_MODELS
+    )
     _add_operational_routes(app, metrics, on_api_port=settings.metrics_port is None)
     _add_error_handlers(app)
     fast_routes = {
@@ -155,6 +162,7 @@ def create_app(
         throttle=FailureThrottle(settings.auth_failures_per_minute),
         fast_routes=fast_routes,
         cors=Cors(settings.cors_allow_origins) if settings.cors_allow_origins else None,
+        tracing=tracing,
     )
     return app
 

@@ -44,6 +44,16 @@ def caller_of(request: Request, gateway: Gateway) -> Caller:
     return caller
 
 
+def count_tokens(
+    request: Request, gateway: Gateway, model: str, prompt: int, completion: int
+) -> None:
+    """Count an answer's tokens for the caller's key and model, and note them for the request's
+    trace span."""
+    state = request.scope["state"]
+    gateway.metrics.count_tokens(state.get("caller") or "-", model, prompt, completion)
+    state["tokens"] = (prompt, completion)
+
+
 def key_name(request: Request) -> str:
     """The caller's key name, for per-key metrics ("-" before authentication)."""
     name: str = request.scope["state"].get("caller") or "-"

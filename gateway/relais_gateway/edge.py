@@ -36,6 +36,7 @@ from relais_gateway.errors import (
 )
 from relais_gateway.logs import request_log
 from relais_gateway.metrics import Metrics
+from relais_gateway.tracing import Status, StatusCode, Tracing
 
 log = logging.getLogger("relais_gateway.edge")
 
@@ -85,6 +86,7 @@ class EdgeMiddleware:
         throttle: FailureThrottle,
         fast_routes: Mapping[str, Endpoint],
         cors: Cors | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -95,11 +97,40 @@ class EdgeMiddleware:
         self.throttle = throttle
         self.fast_routes = fast_routes
         self.cors = cors
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.tracing is not None and scope["path"] not in PUBLIC_ROUTES:
+            await self._traced(self.tracing, scope, receive, send)
+            return
+        await self._handle(scope, receive, send)
+
+    async def _traced(self, tracing: Tracing, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request inside its server span, which gets what the request log gets."""
+        route = scope["path"] if scope["path"] in API_ROUTES else scope["path"][:64]
+        with tracing.server(scope["method"], route, scope["headers"]) as span:
+            try:
+                await self._handle(scope, receive, send)
+            finally:
+                state = scope.get("state", {})
+                attributes = {
+                    "http.request.method": scope["method"],
+                    "http.response.status_code": state.get("status") or 499,
+                    "relais.model": state.get("model", ""),
+                    "relais.key": state.get("caller") or "-",
+                    "relais.request_id": state.get("request_id", ""),
+                }
+                if "tokens" in state:
+                    attributes["gen_ai.usage.input_tokens"] = state["tokens"][0]
+                    attributes["gen_ai.usage.output_tokens"] = state["tokens"][1]
+                span.set_attributes(attributes)
+                if (state.get("status") or 499) >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         rid = ""
         length = -1

@@ -48,6 +48,32 @@ class GatewayError(Exception):
         }
 
 
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+"""Anthropic's error `type` by HTTP status (its API's table). A 503 (no ready replica, an
+engine refusing load) reads as Anthropic's 529 `overloaded_error`: temporary, retried by the
+SDKs; 504 is the SDK's `timeout_error`. Other 4xx are `invalid_request_error`, other 5xx
+`api_error`."""
+
+
+def anthropic_body(exc: GatewayError) -> dict[str, object]:
+    """Anthropic's error body: `{"type": "error", "error": {"type", "message"}}`."""
+    fallback = "invalid_request_error" if exc.status < 500 else "api_error"
+    kind = ANTHROPIC_TYPES.get(exc.status, fallback)
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
 class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
@@ -152,10 +178,15 @@ def from_validation(errors: Sequence[Mapping[str, Any]]) -> InvalidRequest:
 
 
 def render_error(exc: GatewayError, path: str) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body for `exc`: Ollama shape under /api/, OpenAI shape elsewhere."""
-    body: dict[str, object] = (
-        {"error": exc.message} if path.startswith("/api/") else exc.openai_body()
-    )
+    """Status, headers and body for `exc` in the route's dialect: Ollama's under /api/,
+    Anthropic's under /v1/messages, OpenAI's elsewhere."""
+    body: dict[str, object]
+    if path.startswith("/api/"):
+        body = {"error": exc.message}
+    elif path.startswith("/v1/messages"):
+        body = anthropic_body(exc)
+    else:
+        body = exc.openai_body()
     return exc.status, exc.headers, orjson.dumps(body)
 
 

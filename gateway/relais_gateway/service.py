@@ -33,6 +33,7 @@ from relais_gateway.errors import (
 from relais_gateway.metrics import Metrics
 from relais_gateway.registry import Backend, BackendSource
 from relais_gateway.settings import Settings
+from relais_gateway.tracing import Tracing
 from relais_gateway.upstream import Payload, Reply, Upstream
 
 T = TypeVar("T")
@@ -52,6 +53,7 @@ class Gateway:
         metrics: Metrics,
         upstream: Upstream,
         admission: Admission,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -60,6 +62,7 @@ class Gateway:
         self.metrics = metrics
         self.upstream = upstream
         self.admission = admission
+        self.tracing = tracing
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -140,8 +143,7 @@ class Gateway:
         weight: int,
         content_type: str = "application/json",
     ) -> Reply:
-        backend = await self.ready(backend)
-        slots = await self._enter(backend, weight)
+        backend, slots = await self._turn(backend, weight)
         try:
             reply = await self.upstream.whole(
                 backend, path, payload, rid, prefix, content_type=content_type
@@ -184,8 +186,7 @@ class Gateway:
     async def _stream(
         self, backend: Backend, path: str, payload: bytes, rid: str, prefix: str, weight: int
     ) -> AsyncGenerator[bytes, None]:
-        backend = await self.ready(backend)
-        slots = await self._enter(backend, weight)
+        backend, slots = await self._turn(backend, weight)
         try:
             async for chunk in self.upstream.stream(backend, path, payload, rid, prefix):
                 yield chunk
@@ -249,6 +250,26 @@ class Gateway:
         task = asyncio.create_task(ask())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _turn(self, backend: Backend, weight: int) -> tuple[Backend, int]:
+        """Wait for a ready replica, then for `weight` slots: the backend and the slots taken.
+        Traced as the request's `relais.wait` span."""
+        if self.tracing is None:
+            backend = await self.ready(backend)
+            return backend, await self._enter(backend, weight)
+        span = self.tracing.start("relais.wait", **{"relais.model": backend.model})
+        began, error = time.perf_counter(), None
+        try:
+            backend = await self.ready(backend)
+            return backend, await self._enter(backend, weight)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            waited = round(time.perf_counter() - began, 6)
+            span.set_attribute("relais.wait_seconds", waited)
+            Tracing.annotate(**{"relais.wait_seconds": waited})
+            Tracing.end(span, error)
 
     async def _enter(self, backend: Backend, weight: int) -> int:
         slots = await self.admission.acquire(backend.model, backend.max_concurrent, weight)

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from relais_gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from relais_gateway.errors import InvalidRequest, UpstreamError
 from relais_gateway.relay import LineSplitter, token_count
 from relais_gateway.translate import reasoning
 
@@ -32,23 +32,6 @@ USER_ROLES = {"user", "ctx", "msg"}
 # `chat_utils._parse_chat_message_content`); engines that do not know the field ignore it.
 REASONING_FIELD = "reasoning"
 STOP_REASONS = {"stop": "end_turn", "eos_token": "end_turn", "length": "max_tokens"}
-# Anthropic's documented error types by HTTP status (docs: API errors). 503 (no ready replica,
-# an engine refusing load) reads as Anthropic's 529 `overloaded_error`: temporary, retried by the
-# SDKs; 504 is the SDK's `timeout_error`. Any other 4xx is `invalid_request_error` (as Anthropic
-# documents), any other 5xx `api_error`.
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 EPOCH = "1970-01-01T00:00:00Z"  # Anthropic's `created_at` when the release date is unknown
 
 
@@ -150,6 +133,8 @@ def tool_result(block: Json, param: str) -> tuple[Json, list[Json]]:
     images: list[Json] = []
     if content is not None:
         for index, part in enumerate(_blocks(content, f"{param}.content")):
+            if part["type"] == "tool_reference":
+                continue  # tool search's deferred tools: every tool is already in `tools` here
             converted = _user_part(part, f"{param}.content.{index}")
             if converted["type"] == "text":
                 texts.append(converted["text"])
@@ -595,22 +580,6 @@ class MessagesStreamTranslator(LineSplitter):
 
 
 # ---------------------------------------------------------------- errors and models
-
-
-def error_type(status: int) -> str:
-    """Anthropic's error `type` for an HTTP status (see `ERROR_TYPES`)."""
-    if status in ERROR_TYPES:
-        return ERROR_TYPES[status]
-    return "invalid_request_error" if 400 <= status < 500 else "api_error"
-
-
-def error_body(exc: GatewayError) -> Json:
-    """Anthropic's error body: `{"type": "error", "error": {"type", "message"}}`, the type from
-    the status (`ERROR_TYPES`: 400 invalid_request_error, 401 authentication_error, 403
-    permission_error, 404 not_found_error, 408 and other 4xx invalid_request_error, 413
-    request_too_large, 429 rate_limit_error, 500/502 api_error, 503 overloaded_error, 504
-    timeout_error)."""
-    return {"type": "error", "error": {"type": error_type(exc.status), "message": exc.message}}
 
 
 def models_list(ids: list[str]) -> Json:

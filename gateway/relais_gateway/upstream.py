@@ -29,6 +29,7 @@ from relais_gateway.errors import (
 from relais_gateway.metrics import Metrics
 from relais_gateway.registry import Backend
 from relais_gateway.settings import Settings
+from relais_gateway.tracing import Span, Tracing
 
 MAX_ATTEMPTS = 3
 DRAIN_TIMEOUT_S = 1.0
@@ -61,11 +62,13 @@ class Upstream:
         settings: Settings,
         balancer: Balancer,
         metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.balancer = balancer
         self.metrics = metrics
+        self.tracing = tracing
 
     async def whole(
         self,
@@ -83,22 +86,29 @@ class Upstream:
         while True:
             replica = self._pick(backend, tried, prefix)
             self.balancer.begin_replica(replica)
+            span, headers = self._attempt(replica, tried, request_id, content_type)
+            error: BaseException | None = None
             try:
                 with upstream_errors(replica):
                     async with asyncio.timeout(self.settings.first_byte_timeout_s):
-                        reply = await self._exchange(
-                            method, replica + path, payload, request_id, content_type
-                        )
+                        reply = await self._exchange(method, replica + path, payload, headers)
                 self.balancer.restore(replica)
                 return reply
             except (UpstreamError, UpstreamTimeout) as exc:
+                error = exc
                 self._failed(replica)
                 if not self._retry(exc, tried, backend):
                     raise
             except EngineRejected as exc:
+                error = exc
                 raise served_name_in(exc, backend) from None
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
                 self.balancer.end_replica(replica)
+                if span is not None:
+                    Tracing.end(span, error)
 
     async def stream(
         self, backend: Backend, path: str, payload: bytes, request_id: str, prefix: str = ""
@@ -112,22 +122,31 @@ class Upstream:
         while True:
             replica = self._pick(backend, tried, prefix)
             self.balancer.begin_replica(replica)
+            span, headers = self._attempt(replica, tried, request_id)
+            error: BaseException | None = None
             try:
                 try:
                     with upstream_errors(replica):
-                        resp, first = await self._open(replica + path, payload, request_id)
+                        resp, first = await self._open(replica + path, payload, headers)
                 except (UpstreamError, UpstreamTimeout) as exc:
+                    error = exc
                     self._failed(replica)
                     if self._retry(exc, tried, backend):
                         continue
                     raise
                 except EngineRejected as exc:
+                    error = exc
                     raise served_name_in(exc, backend) from None
                 async for chunk in self._relay(replica, resp, first):
                     yield chunk
                 return
+            except BaseException as exc:
+                error = error or exc
+                raise
             finally:
                 self.balancer.end_replica(replica)
+                if span is not None:
+                    Tracing.end(span, error)
 
     # ------------------------------------------------------------------ internals
 
@@ -151,13 +170,27 @@ class Upstream:
         self.balancer.eject(replica)
         self.metrics.upstream_failures.labels(replica).inc()
 
-    def _headers(self, request_id: str, content_type: str = "application/json") -> dict[str, str]:
-        return {"Content-Type": content_type, "X-Request-ID": request_id}
+    def _attempt(
+        self,
+        replica: str,
+        tried: list[str],
+        request_id: str,
+        content_type: str = "application/json",
+    ) -> tuple[Span | None, dict[str, str]]:
+        """The headers of one attempt, and its span when tracing (its `traceparent` then goes
+        to the engine, and the request's span learns the replica and the retries so far)."""
+        headers = {"Content-Type": content_type, "X-Request-ID": request_id}
+        if self.tracing is None:
+            return None, headers
+        retries = len(tried) - 1
+        Tracing.annotate(**{"relais.replica": replica, "relais.retries": retries})
+        span = self.tracing.start("relais.upstream", **{"relais.replica": replica})
+        span.set_attribute("relais.attempt", retries + 1)
+        return span, {**headers, **Tracing.headers(span)}
 
     async def _exchange(
-        self, method: str, url: str, payload: Payload, request_id: str, content_type: str
+        self, method: str, url: str, payload: Payload, headers: dict[str, str]
     ) -> Reply:
-        headers = self._headers(request_id, content_type)
         data = _slices(payload) if isinstance(payload, list) else payload
         resp = await self.session.request(method, url, data=data, headers=headers)
         try:
@@ -171,13 +204,13 @@ class Upstream:
         return Reply(resp.headers.get("Content-Type", "application/json"), body)
 
     async def _open(
-        self, url: str, payload: bytes, request_id: str
+        self, url: str, payload: bytes, headers: dict[str, str]
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """The response and its first data, both within the first-byte timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.first_byte_timeout_s
         async with asyncio.timeout_at(deadline):
-            resp = await self.session.post(url, data=payload, headers=self._headers(request_id))
+            resp = await self.session.post(url, data=payload, headers=headers)
         try:
             if resp.status != 200:
                 async with asyncio.timeout_at(deadline):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from tests.fakes import audio, responses
+from tests.fakes.anthropic import add_anthropic_routes
 from tests.fakes.core import (
     MAX_TOTAL_TOKENS,
     STATE,
@@ -169,6 +170,7 @@ def create_app(startup: Switches | None = None) -> web.Application:
     app.router.add_get("/metrics", metrics)
     add_openai_routes(app, FLAVOR)
     responses.mount(app)
+    add_anthropic_routes(app, FLAVOR)
     audio.mount(app)
     return app
 

@@ -82,7 +82,11 @@ def test_ollama_dialect_chat(gateway_url: str) -> None:
 
 
 def test_limits_are_enforced_before_the_model(gateway_url: str) -> None:
-    with pytest.raises(openai.BadRequestError):
-        client(gateway_url).chat.completions.create(
-            model=SERVED_NAME, messages=PROMPT, max_tokens=MAX_TOKENS + 1
-        )
+    capped = client(gateway_url).chat.completions.create(
+        model=SERVED_NAME, messages=PROMPT, max_tokens=10 * MAX_TOKENS
+    )
+    assert capped.usage is not None
+    assert capped.usage.completion_tokens <= MAX_TOKENS  # the ask was lowered to the limit
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(gateway_url).chat.completions.create(model=SERVED_NAME, messages=PROMPT, n=17)
+    assert refused.value.code == "too_many_sequences"

@@ -20,6 +20,25 @@ from relais_gateway.relay import renamer
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI"])
 
+FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "model"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {"type": "string", "minLength": 1},
+                    },
+                }
+            }
+        },
+    }
+}
+"""The documented form: the file and the model; every other field is forwarded as sent."""
+
 
 async def _upload(request: Request) -> Response:
     content_type = request.headers.get("content-type", "")
@@ -40,11 +59,11 @@ async def _upload(request: Request) -> Response:
     return json_response(renamer(backend.model)(reply.body), media_type=reply.content_type)
 
 
-@router.post("/transcriptions", summary="Transcribe audio (multipart: file, model, ...)")
+@router.post("/transcriptions", summary="Transcribe audio (multipart)", openapi_extra=FORM)
 async def transcriptions(request: Request) -> Response:
     return await _upload(request)
 
 
-@router.post("/translations", summary="Translate audio to English text (multipart)")
+@router.post("/translations", summary="Translate audio to English (multipart)", openapi_extra=FORM)
 async def translations(request: Request) -> Response:
     return await _upload(request)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from relais_gateway.deps import key_name, request_id, started
+from relais_gateway.deps import count_tokens, request_id, started
 from relais_gateway.errors import (
     ClientClosedRequest,
     GatewayError,
@@ -108,11 +108,9 @@ async def stream(
         backend, path, body, request.receive, request_id(request), started(request), prefix, weight
     )
 
-    key = key_name(request)
-
     def counted(reader: StreamReader) -> None:
         completion = reader.completion_tokens or reader.lines
-        gateway.metrics.count_tokens(key, backend.model, reader.prompt_tokens, completion)
+        count_tokens(request, gateway, backend.model, reader.prompt_tokens, completion)
 
     line_limit = gateway.settings.max_upstream_line_bytes
     out = relayed(first, chunks, reader, counted, line_limit)

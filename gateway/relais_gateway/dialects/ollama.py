@@ -22,8 +22,8 @@ from relais_gateway.deps import (
     CallerDep,
     GatewayDep,
     caller_of,
+    count_tokens,
     gateway_of,
-    key_name,
     note_model,
     request_body,
     request_id,
@@ -197,7 +197,7 @@ async def _native(
             token_count(data.get("prompt_eval_count")),
             token_count(data.get("eval_count")),
         )
-        gateway.metrics.count_tokens(key_name(request), backend.model, prompt, count)
+        count_tokens(request, gateway, backend.model, prompt, count)
         if schema[0]:
             check_structured(translate.answer_text(data, path == "/api/chat"), schema[1])
     return json_response(rename(reply.body))
@@ -231,7 +231,7 @@ async def _translated(
             orjson.loads(reply.body), backend.model, chat, started(request)
         )
     prompt, count = answer["prompt_eval_count"], answer["eval_count"]
-    gateway.metrics.count_tokens(key_name(request), backend.model, prompt, count)
+    count_tokens(request, gateway, backend.model, prompt, count)
     if schema[0] and not (answer.get("message") or {}).get("tool_calls"):
         check_structured(translate.answer_text(answer, chat), schema[1])
     return json_response(answer)

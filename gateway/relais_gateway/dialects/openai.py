@@ -15,12 +15,13 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from relais_gateway import translate_anthropic
 from relais_gateway.deps import (
     CallerDep,
     GatewayDep,
     caller_of,
+    count_tokens,
     gateway_of,
-    key_name,
     note_model,
     request_body,
 )
@@ -178,7 +179,7 @@ async def forward(
     if data is None and (not raw or path == EMBEDDINGS):
         raise UpstreamError("the engine's answer is not a JSON object")
     if data is not None:
-        _count(gateway, backend, data, key_name(request))
+        _count(request, gateway, backend, data)
         if schema[0]:
             with malformed_answer():
                 _check_choices(data, schema[1])
@@ -201,13 +202,12 @@ def _parsed(body: bytes) -> Json | None:
     return data if isinstance(data, dict) else None
 
 
-def _count(gateway: Gateway, backend: Backend, data: Json, key: str) -> None:
+def _count(request: Request, gateway: Gateway, backend: Backend, data: Json) -> None:
     usage = data.get("usage")
     if isinstance(usage, dict):
         prompt = token_count(usage.get("prompt_tokens"))
-        gateway.metrics.count_tokens(
-            key, backend.model, prompt, token_count(usage.get("completion_tokens"))
-        )
+        completion = token_count(usage.get("completion_tokens"))
+        count_tokens(request, gateway, backend.model, prompt, completion)
 
 
 @router.post(
@@ -249,17 +249,24 @@ async def embeddings(request: Request) -> Response:
     return await forward(request, gateway, backend, EMBEDDINGS, body, raw=True)
 
 
-@router.get("/models", summary="List models (OpenAI)")
-async def models(gateway: GatewayDep, caller: CallerDep) -> dict[str, Any]:
-    data = [_model_card(b) for b in gateway.visible_backends(caller)]
-    return {"object": "list", "data": data}
+@router.get("/models", summary="List models (OpenAI; Anthropic's shape with `anthropic-version`)")
+async def models(request: Request, gateway: GatewayDep, caller: CallerDep) -> dict[str, Any]:
+    visible = gateway.visible_backends(caller)
+    if "anthropic-version" in request.headers:
+        return translate_anthropic.models_list([b.model for b in visible])
+    return {"object": "list", "data": [_model_card(b) for b in visible]}
 
 
-@router.get("/models/{model:path}", summary="Retrieve a model (OpenAI)")
-async def model(model: str, gateway: GatewayDep, caller: CallerDep) -> dict[str, Any]:
+@router.get("/models/{model:path}", summary="Retrieve a model (OpenAI, or Anthropic's shape)")
+async def model(
+    model: str, request: Request, gateway: GatewayDep, caller: CallerDep
+) -> dict[str, Any]:
     backend = gateway.source.resolve(model)
     if backend is None or not caller.allows(model):
         raise ModelNotFound(f"model {model!r} not found", param="model")
+    if "anthropic-version" in request.headers:
+        card: dict[str, Any] = translate_anthropic.models_list([backend.model])["data"][0]
+        return card
     return _model_card(backend)
 
 
@@ -311,11 +318,14 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
 root_router = APIRouter(tags=["vLLM"])
 
 
-@root_router.post("/rerank", summary="Rerank (vLLM, Jina's form)", include_in_schema=True)
-@root_router.post("/v2/rerank", summary="Rerank (vLLM, Cohere's v2 form)")
-@root_router.post("/score", summary="Score sentence pairs (vLLM)")
-@root_router.post("/tokenize", summary="Tokenize (vLLM)")
-@root_router.post("/detokenize", summary="Detokenize (vLLM)")
+_ANY_BODY = request_body(AnyModelRequest)
+
+
+@root_router.post("/rerank", summary="Rerank (vLLM, Jina's form)", openapi_extra=_ANY_BODY)
+@root_router.post("/v2/rerank", summary="Rerank (vLLM, Cohere's v2 form)", openapi_extra=_ANY_BODY)
+@root_router.post("/score", summary="Score sentence pairs (vLLM)", openapi_extra=_ANY_BODY)
+@root_router.post("/tokenize", summary="Tokenize (vLLM)", openapi_extra=_ANY_BODY)
+@root_router.post("/detokenize", summary="Detokenize (vLLM)", openapi_extra=_ANY_BODY)
 async def vllm_route(request: Request) -> Response:
     """vLLM's routes beside `/v1`, routed by `model` and forwarded as sent."""
     body = read_json(request)

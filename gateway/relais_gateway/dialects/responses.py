@@ -18,7 +18,7 @@ import re
 
 from fastapi import APIRouter, Request, Response
 
-from relais_gateway.deps import caller_of, gateway_of, note_model, request_id
+from relais_gateway.deps import caller_of, gateway_of, note_model, request_body, request_id
 from relais_gateway.dialects import openai
 from relais_gateway.dialects.common import Json, check, json_response, read_json
 from relais_gateway.engines import RESPONSES
@@ -89,7 +89,11 @@ def replica_of(request: Request, gateway: Gateway, client_id: str) -> tuple[Back
     )
 
 
-@router.post("", summary="Create a response (OpenAI Responses API), stateful across replicas")
+@router.post(
+    "",
+    summary="Create a response (OpenAI Responses API), stateful across replicas",
+    openapi_extra=request_body(openai.AnyModelRequest),
+)
 async def create(request: Request) -> Response:
     body = read_json(request)
     owned = check(openai.AnyModelRequest, body)
