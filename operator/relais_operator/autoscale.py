@@ -119,8 +119,9 @@ def metrics_port(ports: Iterable[Mapping[str, Any]]) -> int | None:
     (a gateway that serves /metrics on its API port)."""
     by_name = {p.get("name"): p.get("port") for p in ports}
     for name in METRICS_PORT_NAMES:
-        if isinstance(by_name.get(name), int):
-            return int(by_name[name])
+        port = by_name.get(name)
+        if isinstance(port, int):
+            return port
     return None
 
 
