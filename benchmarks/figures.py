@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only; never a window
 
 import matplotlib.pyplot as plt  # after the backend is chosen
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 FIGURES = Path(__file__).with_name("figures")
 COLOURS = {"direct": "#4c72b0", "gateway": "#dd8452", "bare": "#55a868"}
@@ -125,10 +126,14 @@ def latency_vs_concurrency(points: Sequence[LatencyPoint], path: Path) -> Path:
             ax.plot(x, [p.p50_s * 1e3 for p in mine], "o-", color=colour, label=f"{target} p50")
             ax.plot(x, [p.p99_s * 1e3 for p in mine], "s--", color=colour, label=f"{target} p99")
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted({p.concurrency for p in points}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("concurrent clients")
         ax.set_title("streamed answers" if stream else "whole answers")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("latency (ms)")
+    axes[0].set_ylabel("latency (ms, log scale)")
     axes[1].legend(loc="upper left", fontsize="small")
     fig.suptitle("Gateway overhead: latency against concurrency (fake engine answering in 50 ms)")
     return _save(fig, path)

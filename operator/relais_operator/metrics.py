@@ -132,7 +132,7 @@ def reconciling() -> Iterator[None]:
     error: BaseException | None = None
     try:
         yield
-    except Exception as exc:
+    except BaseException as exc:  # a cancelled reconcile (shutdown) is not an "ok" one
         error = exc
         raise
     finally:
