@@ -16,7 +16,9 @@ matplotlib.use("Agg")  # files only; never a window
 
 import matplotlib.pyplot as plt  # after the backend is chosen
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+TICKS_125 = (1.0, 2.0, 5.0)  # log axes labelled 10, 20, 50, 100...
 
 FIGURES = Path(__file__).with_name("figures")
 COLOURS = {"direct": "#4c72b0", "gateway": "#dd8452", "bare": "#55a868"}
@@ -86,6 +88,9 @@ def ttft_distributions(runs: Mapping[str, Mapping[str, Sequence[float]]], path: 
             share = [(i + 1) / len(values) for i in range(len(values))]
             ax.step(values, share, where="post", label=strategy)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=TICKS_125))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded 2x10^1, 3x10^1 labels
         ax.set_title(trace)
         ax.set_xlabel("time to first token (ms)")
         ax.set_ylabel("share of requests")
@@ -129,7 +134,10 @@ def latency_vs_concurrency(points: Sequence[LatencyPoint], path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_xticks(sorted({p.concurrency for p in points}))
         ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_locator(LogLocator(subs=TICKS_125))
         ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("concurrent clients")
         ax.set_title("streamed answers" if stream else "whole answers")
         ax.grid(True, which="both", alpha=0.3)
