@@ -9,7 +9,11 @@ start delay. Three figures, printed with PASS/FAIL against the issue's targets (
 - replica-seconds used on that trace, against an always-on deployment sized for its peak
   (target <= 50%), with time to first token p50 and p99.
 
-    python benchmarks/autoscale.py [--quick]
+With --figure (default benchmarks/figures/autoscale.png, none for --quick) it draws the demand
+(arrivals and requests outstanding), the requests waiting at the gateway and the replicas serving
+over the trace.
+
+    python benchmarks/autoscale.py [--quick] [--figure PATH]
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks import figures
 from tests.sim.cluster import SimCluster, llmdeployment
 
 MODEL = "qwen2.5:0.5b"
@@ -68,6 +74,8 @@ class Results:
     ttfts: list[float] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
     replicas: list[tuple[float, int]] = field(default_factory=list)  # (t, running engines)
+    timeline: list[figures.AutoscaleSample] = field(default_factory=list)
+    outstanding: int = 0  # requests sent and not finished, now
 
     def fail(self, why: str) -> None:
         self.failures[why] = self.failures.get(why, 0) + 1
@@ -75,6 +83,14 @@ class Results:
 
 async def request(session: aiohttp.ClientSession, url: str, results: Results) -> float | None:
     """One streamed chat; its time to first content (s), or None when it failed."""
+    results.outstanding += 1
+    try:
+        return await _request(session, url, results)
+    finally:
+        results.outstanding -= 1
+
+
+async def _request(session: aiohttp.ClientSession, url: str, results: Results) -> float | None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     start = time.perf_counter()
     first: float | None = None
@@ -99,10 +115,29 @@ async def request(session: aiohttp.ClientSession, url: str, results: Results) ->
     return first
 
 
-async def sample_replicas(sim: SimCluster, results: Results, stop: asyncio.Event) -> None:
+async def waiting_at(session: aiohttp.ClientSession, url: str) -> float:
+    """Requests waiting at the gateway for the model, from its /metrics (nan if unreadable)."""
+    try:
+        async with session.get(url + "/metrics") as response:
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return float("nan")
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "relais_gateway_waiting_requests" and sample.labels["model"] == MODEL:
+                return sample.value
+    return 0.0
+
+
+async def sample_replicas(
+    sim: SimCluster, session: aiohttp.ClientSession, url: str, results: Results, stop: asyncio.Event
+) -> None:
     t0 = time.perf_counter()
     while not stop.is_set():
-        results.replicas.append((time.perf_counter() - t0, len(sim.replicas("qwen"))))
+        t, replicas = time.perf_counter() - t0, len(sim.replicas("qwen"))
+        results.replicas.append((t, replicas))
+        waiting = await waiting_at(session, url)
+        results.timeline.append(figures.AutoscaleSample(t, results.outstanding, waiting, replicas))
         await asyncio.sleep(SAMPLE_S)
 
 
@@ -127,7 +162,7 @@ async def run(trace: Trace) -> tuple[float, Results]:
         await sim.wait_phase("qwen", "ScaledToZero", timeout_s=120)
         results = Results()
         stop = asyncio.Event()
-        sampler = asyncio.create_task(sample_replicas(sim, results, stop))
+        sampler = asyncio.create_task(sample_replicas(sim, http, url, results, stop))
         t0 = time.perf_counter()
         tasks = []
         for at in trace.arrivals():
@@ -177,6 +212,7 @@ def report(overhead: float, results: Results, trace: Trace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smoke run: one short burst")
+    parser.add_argument("--figure", type=Path, help="PNG to draw (default: benchmarks/figures/)")
     args = parser.parse_args(argv)
     if args.quick:
         trace = Trace(bursts=[(6.0, 4.0)], idle_s=15.0)
@@ -184,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         trace = Trace(bursts=[(30.0, 6.0), (20.0, 12.0), (30.0, 3.0)], idle_s=25.0)
     overhead, results = asyncio.run(run(trace))
     report(overhead, results, trace)
+    figure = args.figure or figures.default_path("autoscale", args.quick)
+    if figure is not None:
+        print(f"figure: {figures.autoscale(results.timeline, trace.arrivals(), figure)}")
     return 0
 
 

@@ -13,7 +13,11 @@ A streaming-load case follows (issue #7): 256 concurrent streams of 200 chunks, 
 direct, through the gateway and through the bare proxy, in one run: the inter-chunk delay each
 adds (p50/p99), and the CPU time each proxy process spends per 1,000 forwarded chunks.
 
+With --figure (default benchmarks/figures/gateway_overhead.png, none for --quick) it draws
+latency against concurrency, each target beside direct.
+
     python benchmarks/gateway_overhead.py [--quick] [--reference] [--rounds N] [--round-seconds S]
+        [--figure PATH]
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks import figures
 from tests.fakes.process import FakeEngine
 from tests.fakes.servers import free_port, gateway_process, run_server
 
@@ -376,7 +381,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=4, help="rounds per target and case")
     parser.add_argument("--round-seconds", type=float, default=1.5)
+    parser.add_argument("--figure", type=Path, help="PNG to draw (default: benchmarks/figures/)")
     return parser.parse_args(argv)
+
+
+def draw(results: Results, path: Path) -> Path:
+    """Latency against concurrency for every target measured."""
+    points = [
+        figures.LatencyPoint(target, case.concurrency, case.stream, s.pct(0.5), s.pct(0.99))
+        for case, samples in results.items()
+        for target, s in samples.items()
+    ]
+    return figures.latency_vs_concurrency(points, path)
 
 
 def deployment(name: str, url: str) -> dict[str, Any]:
@@ -466,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         print("streaming: time to first token the bare proxy adds (p50): " + ", ".join(bare))
     for line in error_lines(results):
         print(line)
+    figure = args.figure or figures.default_path("gateway_overhead", args.quick)
+    if figure is not None and results:
+        print(f"figure: {draw(results, figure)}")
     for line in load_report(loads, *load):
         print(line)
     print("\ntargets (issue 3):")

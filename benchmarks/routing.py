@@ -21,7 +21,11 @@ beside it. Then a second gateway with the same config: the same prefixes through
 a time, and which engine served each (the engines' X-Request-ID logs). Targets print PASS/FAIL;
 nothing asserts.
 
+With --figure (default benchmarks/figures/routing.png, none for --quick) it draws each trace's
+TTFT distribution per strategy.
+
     python benchmarks/routing.py [--quick] [--engines N] [--seed S] [--prefix-chars C]
+        [--figure PATH]
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks import figures
 from benchmarks.sim_engine import Costs
 from tests.fakes.servers import free_port, gateway, run_server
 
@@ -579,6 +584,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--engines", type=int, default=4, help="simulated engine replicas")
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--prefix-chars", type=int, default=100, help="PrefixHash prefixCharLength")
+    parser.add_argument("--figure", type=Path, help="PNG to draw (default: benchmarks/figures/)")
     args = parser.parse_args(argv)
     if args.engines < 2 or args.prefix_chars < 1:
         parser.error("--engines must be >= 2 and --prefix-chars >= 1")
@@ -627,6 +633,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\ntargets (issue #10):")
     for label, ok in targets(results, agree):
         print(f"  {'PASS' if ok else 'FAIL'}  {label}")
+    figure = args.figure or figures.default_path("routing", args.quick)
+    if figure is not None:
+        ttfts = {
+            trace: {s: [o.ttft_s for o in r.outcomes if not o.error] for s, r in runs.items()}
+            for trace, runs in results.items()
+        }
+        print(f"figure: {figures.ttft_distributions(ttfts, figure)}")
     return 0
 
 

@@ -35,6 +35,8 @@ GAUGES = (INFLIGHT, WAITING)
 # The demand is averaged over this many ticks (see the module docstring).
 WINDOW_INTERVALS = 3
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# Where a gateway serves /metrics, in order of preference: its management port, its API port.
+METRICS_PORT_NAMES = ("metrics", "http")
 
 
 # --- the gateways' /metrics ---------------------------------------------------------------
@@ -112,8 +114,20 @@ def total_demand(pages: Iterable[Mapping[str, float]]) -> dict[str, float]:
 # --- the gateways themselves: the EndpointSlices of their Service ---------------------------
 
 
+def metrics_port(ports: Iterable[Mapping[str, Any]]) -> int | None:
+    """A slice's port named `metrics` (the gateway's management port), else its port `http`
+    (a gateway that serves /metrics on its API port)."""
+    by_name = {p.get("name"): p.get("port") for p in ports}
+    for name in METRICS_PORT_NAMES:
+        port = by_name.get(name)
+        if isinstance(port, int):
+            return port
+    return None
+
+
 def gateway_urls(slices: Iterable[Mapping[str, Any]], namespace: str, service: str) -> list[str]:
-    """`http://ADDR:PORT/metrics` of each ready endpoint of the Service, on its port `http`.
+    """`http://ADDR:PORT/metrics` of each ready endpoint of the Service, on its port `metrics`
+    when the slice has one, else on its port `http`.
 
     Slices of other Services are skipped here as well (not every API honours labelSelector).
     """
@@ -123,8 +137,8 @@ def gateway_urls(slices: Iterable[Mapping[str, Any]], namespace: str, service: s
         labels = meta.get("labels") or {}
         if meta.get("namespace") != namespace or labels.get(SERVICE_NAME_LABEL) != service:
             continue
-        ports = [p.get("port") for p in eps.get("ports") or () if p.get("name") == "http"]
-        if not ports or not isinstance(ports[0], int):
+        port = metrics_port(eps.get("ports") or ())
+        if port is None:
             continue
         for endpoint in eps.get("endpoints") or ():
             conditions = endpoint.get("conditions") or {}
@@ -133,7 +147,7 @@ def gateway_urls(slices: Iterable[Mapping[str, Any]], namespace: str, service: s
                 continue
             for address in endpoint.get("addresses") or ():
                 host = f"[{address}]" if ":" in address else address
-                urls.add(f"http://{host}:{ports[0]}/metrics")
+                urls.add(f"http://{host}:{port}/metrics")
     return sorted(urls)
 
 

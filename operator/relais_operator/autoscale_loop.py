@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from relais_operator import autoscale, status
+from relais_operator import autoscale, metrics, status
 from relais_operator.kube import ApiError, Kube
 from relais_operator.settings import OperatorSettings
 from relais_operator.spec import InvalidSpecError, LLMDeployment
@@ -59,6 +59,7 @@ async def _read(session: aiohttp.ClientSession, url: str) -> dict[str, float] | 
             return autoscale.parse_demand(await resp.text())
     except (aiohttp.ClientError, TimeoutError, autoscale.MetricsError) as exc:
         log.warning("autoscaler: cannot read %s (%s); no scale-down this tick", url, exc)
+        metrics.GATEWAY_READ_FAILURES.inc()
         return None
 
 
@@ -168,6 +169,7 @@ class Autoscaler:
         if not urls and not self._no_gateway:  # said once, not every tick
             log.warning("autoscaler: gateway %s/%s has no ready endpoint", namespace, service)
         self._no_gateway = not urls
+        metrics.GATEWAYS.set(len(urls))
         return await scrape(session, urls)
 
     def _forget(self, keys: set[Key]) -> None:
@@ -175,6 +177,7 @@ class Autoscaler:
             del self._recommenders[key]
             self._views.pop(key, None)
             self._scaled_from.pop(key, None)
+            metrics.forget(key)
 
     def _recommender(self, key: Key) -> autoscale.Recommender:
         if key not in self._recommenders:
@@ -194,6 +197,7 @@ class Autoscaler:
             now=self._clock(),
             started_at=self.started_at,
         )
+        metrics.autoscaled(target.key, current, decision.desired, decision.demand)
         view = self._views.get(target.key) or _shown(target.body)
         if decision.changes:
             if not await self._write(target, decision):
@@ -214,6 +218,7 @@ class Autoscaler:
             return False
         self._scaled_from[target.key] = version
         up = decision.desired > decision.current
+        metrics.scaled(target.key, up=up)
         message = f"{decision.current} -> {decision.desired} replicas: {decision.reason}"
         log.info("autoscaler: %s/%s %s", namespace, name, message)
         with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):

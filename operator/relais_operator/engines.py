@@ -47,6 +47,9 @@ class Engine:
     ready_file: str | None = None
     # Whether the engine writes only to its volumes (/tmp, the cache), so the root fs can be RO.
     read_only_root: bool = True
+    # Whether the server serves Prometheus metrics at /metrics on its port (its pods get the
+    # scrape label resources.METRICS_LABEL).
+    serves_metrics: bool = False
 
 
 # --- Ollama ---------------------------------------------------------------------------------
@@ -205,6 +208,7 @@ TGI = Engine(
     needs_shm=True,
     # torch/triton write caches in unpredictable places; a RO root would break kernels at load.
     read_only_root=False,
+    serves_metrics=True,
 )
 
 
@@ -251,6 +255,7 @@ VLLM = Engine(
     needs_shm=True,
     # torch.compile, triton and CUDA graphs write caches at load: a RO root would break them.
     read_only_root=False,
+    serves_metrics=True,
 )
 
 ENGINES: dict[str, Engine] = {engine.name: engine for engine in (OLLAMA, TGI, VLLM)}

@@ -2,7 +2,8 @@
 
 Thin by design: parse the body (spec.py), build the children (resources.py), apply them
 (kube.py), compute and publish the status (status.py). Startup also starts the autoscaler's
-loop (autoscale_loop.py), which publishes status.autoscaling through the same `_publish`.
+loop (autoscale_loop.py), which publishes status.autoscaling through the same `_publish`, and
+serves the operator's /metrics (metrics.py: each reconcile is timed and counted by result).
 Importing this module registers the handlers, so `kopf run -m relais_operator.handlers` works
 as well as `relais-operator`.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from relais_operator import autoscale_loop, resources, status
+from relais_operator import autoscale_loop, metrics, resources, status
 from relais_operator.kube import Kube
 from relais_operator.settings import OperatorSettings, configure_kopf
 from relais_operator.spec import GROUP, PLURAL, VERSION, InvalidSpecError, LLMDeployment
@@ -42,6 +43,8 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) ->
     memo.locks = collections.defaultdict(asyncio.Lock)
     memo.autoscaling = {}  # (namespace, name) -> status.autoscaling, the autoscaler's view
     memo.unscaled = set()  # resources told that the autoscaler is off
+    metrics.watch_statuses(memo.written)
+    memo.metrics = await metrics.serve(ours.metrics_host, ours.metrics_port)
 
     async def publish(key: Key) -> None:
         await _refresh(key, memo, indexes, reapply=False)
@@ -53,6 +56,8 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) ->
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
     await autoscale_loop.stop(memo.get("autoscaler"))
+    if memo.get("metrics") is not None:
+        await memo.metrics.cleanup()
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -109,13 +114,14 @@ async def pods(
 @kopf.on.update(*LLMD)
 async def reconcile(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     """Parse, build, apply, publish status. A no-op when everything already matches."""
-    llm = await _parse_or_report(body, memo)
-    _note_unscaled(llm, memo)
-    workload, fetch = await _apply_children(llm, memo)
-    await _delete_superseded_jobs(llm, kwargs["fetch_jobs"], memo)
-    pod_states = _pods_of(kwargs["pods"], llm)
-    fetch = status.with_pod_problems(fetch, _fetch_pods_of(kwargs["fetch_pods"], llm))
-    await _publish(llm, body.get("status") or {}, workload, pod_states, fetch, memo)
+    with metrics.reconciling():
+        llm = await _parse_or_report(body, memo)
+        _note_unscaled(llm, memo)
+        workload, fetch = await _apply_children(llm, memo)
+        await _delete_superseded_jobs(llm, kwargs["fetch_jobs"], memo)
+        pod_states = _pods_of(kwargs["pods"], llm)
+        fetch = status.with_pod_problems(fetch, _fetch_pods_of(kwargs["fetch_pods"], llm))
+        await _publish(llm, body.get("status") or {}, workload, pod_states, fetch, memo)
 
 
 def _note_unscaled(llm: LLMDeployment, memo: Any) -> None:

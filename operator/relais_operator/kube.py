@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from relais_operator import metrics
 from relais_operator.spec import GROUP, PLURAL, VERSION
 from relais_operator.status import job_succeeded
 
@@ -262,15 +263,21 @@ class Kube:
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else {}
         url = f"{self._server}{path}"
+        verb = "LIST" if params is not None else method  # the one collection read lists
         request = self._session.request(method, url, data=data, headers=headers, params=params)
-        async with request as resp:
-            payload = await resp.json(content_type=None) if resp.content_length != 0 else {}
-            if resp.status == 401:
-                await self._login()
-            if resp.status >= 400:
-                message = payload.get("message") if isinstance(payload, dict) else None
-                raise ApiError(resp.status, str(message or resp.reason))
-            return dict(payload or {})
+        try:
+            async with request as resp:
+                payload = await resp.json(content_type=None) if resp.content_length != 0 else {}
+                if resp.status == 401:
+                    await self._login()
+                if resp.status >= 400:
+                    metrics.api_error(verb, resp.status)
+                    message = payload.get("message") if isinstance(payload, dict) else None
+                    raise ApiError(resp.status, str(message or resp.reason))
+                return dict(payload or {})
+        except (aiohttp.ClientError, TimeoutError):
+            metrics.api_error(verb, "network")
+            raise
 
     async def get(self, manifest: Mapping[str, Any]) -> Obj | None:
         try:

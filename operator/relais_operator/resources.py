@@ -29,6 +29,9 @@ SERVER_CONTAINER = "model-server"
 # The download Job's pods carry this label, not LABEL: they are no model pods (the Service and
 # the operator's pod watch select LABEL), yet `kubectl get pods -l relais.dev/fetch-for=NAME`.
 FETCH_LABEL = "relais.dev/fetch-for"
+# Model pods whose engine serves Prometheus metrics on its port `http` at /metrics carry this
+# label (engines.Engine.serves_metrics); the chart's PodMonitor and PodMonitoring select it.
+METRICS_LABEL = "relais.dev/metrics"
 # A Job's name goes into its pods' `job-name` label: at most 63 characters.
 _JOB_NAME_PREFIX = 63 - len("-fetch-") - 8
 
@@ -48,6 +51,11 @@ def labels(llm: LLMDeployment) -> dict[str, str]:
         "app.kubernetes.io/component": "model-server",
         "app.kubernetes.io/managed-by": "relais-operator",
     }
+
+
+def _metrics_label(llm: LLMDeployment) -> dict[str, str]:
+    """The scrape label, on the pods of engines that serve /metrics only."""
+    return {METRICS_LABEL: "true"} if engine_of(llm).serves_metrics else {}
 
 
 def selector(llm: LLMDeployment) -> dict[str, str]:
@@ -345,7 +353,7 @@ def build_workload(
             "whenScaled": "Retain",
         },
         "template": {
-            "metadata": {"labels": labels(llm)},
+            "metadata": {"labels": labels(llm) | _metrics_label(llm)},
             "spec": _pod_spec(llm, settings),
         },
     }

@@ -25,6 +25,9 @@ class OperatorSettings(BaseSettings):
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
     liveness_host: str = "0.0.0.0"
     liveness_port: int = Field(default=8080, ge=0, le=65535)
+    # The operator's own Prometheus metrics at /metrics (metrics.py); port 0 disables them.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
     # Cluster DNS domain, for status.endpoint.
     cluster_domain: str = "cluster.local"
     # Engine image overrides (an air-gapped mirror); empty means the engine table's pinned image.

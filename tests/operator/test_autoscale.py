@@ -94,7 +94,7 @@ def test_gateway_urls_are_the_ready_endpoints_of_the_service_on_port_http() -> N
             ],
         ),
         _slice("other", [{"addresses": ["10.0.9.9"]}]),  # KMock ignores labelSelector
-        _slice("relais-gateway", [{"addresses": ["10.0.8.8"]}], port="metrics"),
+        _slice("relais-gateway", [{"addresses": ["10.0.8.8"]}], port="grpc"),  # no such port
     ]
     assert gateway_urls(slices, "relais", "relais-gateway") == [
         "http://10.0.0.1:8000/metrics",
@@ -102,6 +102,16 @@ def test_gateway_urls_are_the_ready_endpoints_of_the_service_on_port_http() -> N
         "http://[fd00::5]:8000/metrics",
     ]
     assert gateway_urls(slices, "elsewhere", "relais-gateway") == []
+
+
+def test_gateway_urls_prefer_the_management_port_named_metrics() -> None:
+    both = _slice("relais-gateway-metrics", [{"addresses": ["10.0.0.1"]}])
+    both["ports"] = [{"name": "http", "port": 8000}, {"name": "metrics", "port": 9090}]
+    only = _slice("relais-gateway-metrics", [{"addresses": ["10.0.0.2"]}], port="metrics")
+    assert gateway_urls([both, only], "relais", "relais-gateway-metrics") == [
+        "http://10.0.0.1:9090/metrics",
+        "http://10.0.0.2:8000/metrics",
+    ]
 
 
 def test_target_is_ceil_of_demand_over_target_within_bounds() -> None:

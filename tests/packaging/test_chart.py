@@ -250,7 +250,10 @@ def test_operator_deployment_contract() -> None:
     assert operator["spec"]["strategy"] == {"type": "Recreate"}
     main = container(operator)
     assert main["args"] == ["--liveness-port=8080"]
-    assert main["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert main["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert main["image"] == "ghcr.io/relais-dev/relais-operator:0.1.0"
 
 
@@ -263,9 +266,11 @@ def test_gateway_deployment_contract() -> None:
     assert args[args.index("--port") + 1] == "8000"
     assert args[args.index("--auth-file") + 1] == "/etc/relais/auth/auth.yaml"
     assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    (service,) = of_kind(docs, "Service")
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    service = services["relais-gateway"]
     assert service["spec"]["type"] == "ClusterIP"
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    # The public Service routes the API port only; /metrics is on the management port.
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
 
 def test_config_change_restarts_pods() -> None:
@@ -374,8 +379,10 @@ def test_network_policy_selects_the_operators_model_pods() -> None:
         assert expression == {"key": resources.LABEL, "operator": "Exists"}
         assert expression["key"] in pod_labels
         assert policy["spec"]["policyTypes"] == ["Ingress"]
-        (rule,) = policy["spec"]["ingress"]
+        rule, scrapers = policy["spec"]["ingress"]
         gateway_peer, monitoring_peer = rule["from"]
+        # networkPolicy.metricsIngressFrom: on the engine's port only.
+        assert scrapers["ports"] == [{"port": "http", "protocol": "TCP"}]
         assert gateway_peer["namespaceSelector"]["matchLabels"] == {
             "kubernetes.io/metadata.name": "relais-system"
         }

@@ -169,3 +169,41 @@ seccompProfile:
 {{- define "relais.checkovNamespaceSkip" -}}
 checkov.io/skip{{ . }}: CKV_K8S_21=Namespaced objects go to the Helm release namespace (helm install -n NS); only checkov's own render uses "default".
 {{- end }}
+
+{{/* The Service that carries the gateway's /metrics: the headless "<gateway>-metrics" on the
+     management port, or the public Service when the gateway serves /metrics on its API port. */}}
+{{- define "relais.gateway.metricsService" -}}
+{{- if .Values.gateway.metricsPort }}
+{{- printf "%s-metrics" (include "relais.gateway.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- include "relais.gateway.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* The name of the gateway port that serves /metrics: "metrics", or "http" without one. */}}
+{{- define "relais.gateway.metricsPortName" -}}
+{{- if .Values.gateway.metricsPort }}metrics{{ else }}http{{ end }}
+{{- end }}
+
+{{/* The component label of the Service that carries the gateway's /metrics. */}}
+{{- define "relais.gateway.metricsComponent" -}}
+{{- if .Values.gateway.metricsPort }}gateway-metrics{{ else }}gateway{{ end }}
+{{- end }}
+
+{{/* The alert groups of rules/relais.rules.yaml, the one source of the alerts. */}}
+{{- define "relais.ruleGroups" -}}
+{{- (.Files.Get "rules/relais.rules.yaml" | fromYaml).groups | toYaml }}
+{{- end }}
+
+{{/* Who may read the gateway's /metrics: the operator's autoscaler, and the scrapers of
+     networkPolicy.metricsIngressFrom (NetworkPolicyPeer list items). */}}
+{{- define "relais.metricsPeers" -}}
+{{- if .Values.operator.enabled }}
+- podSelector:
+    matchLabels:
+      {{- include "relais.selectorLabels" (dict "root" . "component" "operator") | nindent 6 }}
+{{- end }}
+{{- with .Values.networkPolicy.metricsIngressFrom }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
