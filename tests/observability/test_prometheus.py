@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import pathlib
 import random
 import time
@@ -50,7 +51,7 @@ LOAD_S = 20.0
 WORKERS = 8
 VLLM_MODEL = "tiny-vllm"
 OLLAMA_MODEL = "tiny-ollama"
-BROKEN_MODEL = "broken"  # its only endpoint refuses connections: 5xx and ejections
+BROKEN_MODEL = "broken"  # its only engine answers 500 (healthy otherwise): 5xx and ejections
 GATEWAY_SERVICE = "relais-gateway-metrics"
 KEYS = {"team-a": "sk-test-team-a-0123456789", "team-b": "sk-test-team-b-0123456789"}
 ALERTS_WITHOUT_DATA = {
@@ -59,7 +60,7 @@ ALERTS_WITHOUT_DATA = {
 }
 
 
-def gateway_config(vllm: list[str], ollama: str, auth: Any) -> dict[str, Any]:
+def gateway_config(vllm: list[str], ollama: str, broken: str, auth: Any) -> dict[str, Any]:
     limits = {"maxTokens": 64, "maxConcurrentRequests": 2}  # so requests wait at the gateway
     return {
         "deployments": [
@@ -68,7 +69,7 @@ def gateway_config(vllm: list[str], ollama: str, auth: Any) -> dict[str, Any]:
             {"name": "tiny-ollama", "engine": "ollama", "servedModelName": OLLAMA_MODEL,
              "model": "qwen2.5:0.5b", "endpoints": [ollama], "requestLimits": limits},
             {"name": "broken", "engine": "vllm", "servedModelName": BROKEN_MODEL,
-             "endpoints": [f"http://127.0.0.1:{free_port()}"]},
+             "model": VLLM_MODEL, "endpoints": [broken]},
         ],
         "auth": auth,
     }  # fmt: skip
@@ -79,13 +80,14 @@ def valid_auth() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def engines() -> Iterator[tuple[list[FakeEngine], FakeEngine]]:
+def engines() -> Iterator[tuple[list[FakeEngine], FakeEngine, FakeEngine]]:
     with (
         FakeEngine("vllm", models=[VLLM_MODEL], first_token_delay_ms=150, tokens=6) as first,
         FakeEngine("vllm", models=[VLLM_MODEL], first_token_delay_ms=150, tokens=6) as second,
         FakeEngine("ollama", first_token_delay_ms=50) as ollama,
+        FakeEngine("vllm", models=[VLLM_MODEL], status=500) as broken,
     ):
-        yield [first, second], ollama
+        yield [first, second], ollama, broken
 
 
 def autoscaled_vllm() -> dict[str, Any]:
@@ -273,9 +275,11 @@ async def rules_evaluated(prom: Prometheus) -> list[dict[str, Any]]:
 async def test_every_panel_and_alert_has_data_in_a_real_prometheus(
     api: Api, operator_metrics: int
 ) -> None:
-    with engines() as (vllm, ollama):
-        config = gateway_config([fake.url for fake in vllm], ollama.url, valid_auth())
-        with gateway_process(config) as gateway:
+    with engines() as (vllm, ollama, broken):
+        config = gateway_config([fake.url for fake in vllm], ollama.url, broken.url, valid_auth())
+        # The load's wrong keys feed the 4xx panels: no throttling of the test's address.
+        env = {**os.environ, "RELAIS_GATEWAY_AUTH_FAILURES_PER_MINUTE": "100000"}
+        with gateway_process(config, env=env) as gateway:
             gateway_port = int(gateway.url.rsplit(":", 1)[1])
             await publish_gateway(api, gateway_port)
             await api.create(LLMD_PATH, llmd("tiny-vllm", autoscaled_vllm()))

@@ -273,6 +273,29 @@ def test_gateway_deployment_contract() -> None:
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
 
+def test_gateway_cors_and_tracing_values() -> None:
+    def env(*args: str) -> dict[str, str]:
+        main = container(workloads(documents(helm_template(*args).stdout))["gateway"])
+        return {e["name"]: e["value"] for e in main.get("env", [])}
+
+    default = env()
+    assert "RELAIS_GATEWAY_CORS_ALLOW_ORIGINS" not in default  # CORS off
+    assert not [name for name in default if name.startswith("OTEL_")]  # tracing off
+    on = env(
+        "--set-json", 'gateway.cors.allowOrigins=["https://a.example","https://b.example"]',
+        "--set", "gateway.tracing.enabled=true",
+        "--set", "gateway.tracing.endpoint=http://collector:4318",
+    )  # fmt: skip
+    assert on["RELAIS_GATEWAY_CORS_ALLOW_ORIGINS"] == "https://a.example,https://b.example"
+    assert on["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    assert (on["OTEL_TRACES_SAMPLER"], on["OTEL_TRACES_SAMPLER_ARG"]) == (
+        "parentbased_traceidratio",
+        "0.1",
+    )
+    missing = helm_template("--set", "gateway.tracing.enabled=true", check=False)
+    assert "gateway.tracing.endpoint is required" in missing.stderr
+
+
 def test_config_change_restarts_pods() -> None:
     def checksums(*args: str) -> dict[str, str]:
         return {
