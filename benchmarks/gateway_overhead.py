@@ -11,13 +11,17 @@ Targets print PASS/FAIL; nothing asserts. `--quick` is a smoke run of a few seco
 the same rounds: the floor any Python proxy on this machine pays, printed beside the gateway.
 A streaming-load case follows (issue #7): 256 concurrent streams of 200 chunks, 20 ms apart,
 direct, through the gateway and through the bare proxy, in one run: the inter-chunk delay each
-adds (p50/p99), and the CPU time each proxy process spends per 1,000 forwarded chunks.
+adds (p50/p99), and the CPU time each proxy process spends per 1,000 forwarded chunks. The same
+load as Anthropic Messages (issue #17), translated by the gateway to the TGI engine's Chat
+Completions and back, gives the translation's CPU per 1,000 events beside plain forwarding.
+`--tracing` adds a second gateway with OpenTelemetry on (10% of traces sampled, exported to a
+local OTLP sink) to the same interleaved rounds (issue #18): its p50 beside the untraced one's.
 
 With --figure (default benchmarks/figures/gateway_overhead.png, none for --quick) it draws
 latency against concurrency, each target beside direct.
 
     python benchmarks/gateway_overhead.py [--quick] [--reference] [--rounds N] [--round-seconds S]
-        [--figure PATH]
+        [--figure PATH] [--tracing]
 """
 
 from __future__ import annotations
@@ -158,7 +162,12 @@ async def measure(
     """Every case, rounds rotating the targets' order, after a warm-up."""
     results: Results = {}
     async with session() as direct_session, session() as gateway_session:
-        sessions = {"direct": direct_session, "gateway": gateway_session, "bare": gateway_session}
+        sessions = {
+            "direct": direct_session,
+            "gateway": gateway_session,
+            "bare": gateway_session,
+            "traced": gateway_session,
+        }
         for name, url in targets.items():  # warm both pools and the gateway's upstream pool
             await run_round(sessions[name], url, Case(32, False), 0.3, Sample())
         for case in cases:
@@ -220,17 +229,28 @@ async def load_stream(session: aiohttp.ClientSession, url: str, body: bytes, run
     run.gaps += [b - a for a, b in itertools.pairwise(arrivals)]
 
 
+def messages_body(model: str, max_tokens: int) -> bytes:
+    """An Anthropic Messages request (streamed), as Claude Code sends one."""
+    messages = [{"role": "user", "content": "ping"}]
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True}
+    return json.dumps(body).encode()
+
+
 async def streaming_load(
     targets: dict[str, str], pids: dict[str, int | None], streams: int, chunks: int
 ) -> dict[str, LoadRun]:
     """`streams` concurrent paced streams per target, one target after the other."""
-    body = request_body("load", True, max_tokens=chunks)
     runs = {name: LoadRun() for name in targets}
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         for name, url in targets.items():
             run = runs[name]
+            body = (
+                messages_body("load", chunks)
+                if name == "messages"
+                else request_body("load", True, max_tokens=chunks)
+            )
             before = cpu_seconds(pids.get(name))
             await asyncio.gather(*(load_stream(http, url, body, run) for _ in range(streams)))
             run.cpu_s = cpu_seconds(pids.get(name)) - before
@@ -250,7 +270,9 @@ def load_report(runs: dict[str, LoadRun], streams: int, chunks: int) -> Iterator
         f" {LOAD_GAP_MS} ms apart (direct gap p50 {pct(direct.gaps, 0.5) * 1e3:.1f} ms,"
         f" p99 {pct(direct.gaps, 0.99) * 1e3:.1f} ms)"
     )
-    for name in ("gateway", "bare"):
+    for name in ("gateway", "bare", "messages"):
+        if name not in runs:
+            continue
         run = runs[name]
         added50 = (pct(run.gaps, 0.5) - pct(direct.gaps, 0.5)) * 1e3
         added99 = (pct(run.gaps, 0.99) - pct(direct.gaps, 0.99)) * 1e3
@@ -276,6 +298,22 @@ def load_targets(runs: dict[str, LoadRun]) -> Iterator[tuple[str, bool]]:
     yield f"{'stream load CPU/chunk <= 1.3x bare':<34} measured {cpu:.3f}", cpu <= 1.3
     errors = gw.errors + direct.errors
     yield f"{'stream load 0 errors':<34} measured {errors}", errors == 0
+    if "messages" in runs:
+        messages = runs["messages"]
+        per = messages.cpu_s / messages.chunks if messages.chunks else float("nan")
+        translated = ratio(per, gw_k)
+        label = "Messages CPU/event <= 1.5x forwarding"
+        yield f"{label:<34} measured {translated:.3f}", translated <= 1.5
+        yield f"{'Messages load 0 errors':<34} measured {messages.errors}", messages.errors == 0
+
+
+def tracing_report(results: Results) -> Iterator[tuple[str, bool]]:
+    """Tracing on (10% sampled) against off, in the same interleaved rounds (issue #18)."""
+    for case in (Case(32, False), Case(32, True)):
+        samples = results.get(case, {})
+        if "traced" in samples:
+            on = ratio(samples["traced"].pct(0.5), samples["gateway"].pct(0.5))
+            yield from _check(f"{case.name.strip()} traced p50 <= 1.05x off", on, 1.05)
 
 
 # ---------------------------------------------------------------- report
@@ -382,6 +420,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per target and case")
     parser.add_argument("--round-seconds", type=float, default=1.5)
     parser.add_argument("--figure", type=Path, help="PNG to draw (default: benchmarks/figures/)")
+    parser.add_argument(
+        "--tracing", action="store_true", help="also a gateway with tracing on (10%% sampled)"
+    )
     return parser.parse_args(argv)
 
 
@@ -413,6 +454,23 @@ def bare_proxy(upstreams: dict[str, str]) -> Iterator[tuple[str, int]]:
 Loads = dict[str, LoadRun]
 
 
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[str]:
+    """An OTLP/HTTP endpoint that accepts spans and drops them; yields its URL."""
+    from aiohttp import web
+
+    from tests.fakes.recording import BackgroundServer
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", accept)
+    with BackgroundServer(app) as server:
+        yield server.url
+
+
 def run(
     rounds: int,
     seconds: float,
@@ -420,6 +478,7 @@ def run(
     reference: bool,
     load: tuple[int, int],
     load_only: bool = False,
+    tracing: bool = False,
 ) -> tuple[Results, Gaps, Loads]:
     """Start the fakes, the gateway and the reference proxy, measure, stop everything."""
     cases = [Case(c, s) for s in (False, True) for c in CONCURRENCIES]
@@ -446,14 +505,34 @@ def run(
         bare, bare_pid = stack.enter_context(bare_proxy(upstreams))
         if reference:
             targets["bare"] = bare + path
+        if tracing:
+            sink = stack.enter_context(otlp_sink())
+            traced_env = {
+                **os.environ,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            }
+            traced = stack.enter_context(gateway_process(config, log_level="info", env=traced_env))
+            targets["traced"] = traced.url + path
         results: Results = {}
         gaps: Gaps = {"direct": [], "gateway": []}
         if not load_only:
             results = asyncio.run(measure(targets, cases, rounds, seconds))
             paced_targets = {"direct": paced.url + path, "gateway": gw.url + path}
             gaps = asyncio.run(pacing(paced_targets, repeats))
-        load_urls = {"direct": loader.url + path, "gateway": gw.url + path, "bare": bare + path}
-        pids: dict[str, int | None] = {"direct": None, "gateway": gw.proc.pid, "bare": bare_pid}
+        load_urls = {
+            "direct": loader.url + path,
+            "gateway": gw.url + path,
+            "bare": bare + path,
+            "messages": gw.url + "/v1/messages",
+        }
+        pids: dict[str, int | None] = {
+            "direct": None,
+            "gateway": gw.proc.pid,
+            "bare": bare_pid,
+            "messages": gw.proc.pid,
+        }
         loads = asyncio.run(streaming_load(load_urls, pids, streams, chunks))
     return results, gaps, loads
 
@@ -463,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds, seconds, repeats = (2, 0.3, 2) if args.quick else (args.rounds, args.round_seconds, 8)
     load = (32, 20) if args.quick else (LOAD_STREAMS, LOAD_CHUNKS)
     started = time.perf_counter()
-    results, gaps, loads = run(rounds, seconds, repeats, args.reference, load, args.load_only)
+    results, gaps, loads = run(
+        rounds, seconds, repeats, args.reference, load, args.load_only, args.tracing
+    )
     print(
         f"\ngateway overhead: {os.cpu_count()} CPUs, Python {platform.python_version()}, fake TGI"
         f" answering in {ENGINE_DELAY_MS} ms; {rounds} interleaved rounds x {seconds:g} s"
@@ -490,9 +571,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\ntargets (issue 3):")
     for label, ok in targets_report(results, gaps):
         print(f"  {'PASS' if ok else 'FAIL'}  {label}")
-    print("\ntargets (issue 7, streaming load):")
+    print("\ntargets (issues 7 and 17, streaming load):")
     for label, ok in load_targets(loads):
         print(f"  {'PASS' if ok else 'FAIL'}  {label}")
+    if args.tracing:
+        print("\ntargets (issue 18, tracing):")
+        for label, ok in tracing_report(results):
+            print(f"  {'PASS' if ok else 'FAIL'}  {label}")
     return 0
 
 
