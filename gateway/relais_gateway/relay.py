@@ -12,10 +12,12 @@ from __future__ import annotations
 import abc
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
+
+from relais_gateway.errors import UpstreamError
 
 USAGE_MARKS = (b'"usage":{', b'"usage": {')
 DONE_MARKS = (b"data: [DONE]", b"data:[DONE]")
@@ -223,6 +225,39 @@ def _loads(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+class ChunkReader(LineSplitter):
+    """An OpenAI SSE stream read chunk by chunk, for a translator that writes another dialect's
+    stream (Ollama NDJSON, Anthropic events): `_chunk` gets each parsed chunk, `_done` the end
+    marker. An engine's in-band error becomes an `UpstreamError` (ended in the client's shape)."""
+
+    def _complete(self, lines: bytes) -> bytes:
+        return b"".join(self._lines(lines.split(b"\n")))
+
+    def _lines(self, lines: list[bytes]) -> Iterator[bytes]:
+        for line in lines:
+            if not line.startswith(b"data:") or self.ended:
+                continue  # blank separators, `event:` and `:` comments
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                yield from self._done()
+                continue
+            data = orjson.loads(payload)
+            if "error" in data:
+                error = data["error"]
+                message = error.get("message") if isinstance(error, dict) else error
+                raise UpstreamError(f"engine error: {str(message)[:300]}")
+            self.lines += 1
+            yield from self._chunk(data)
+
+    @abc.abstractmethod
+    def _chunk(self, data: dict[str, Any]) -> Iterator[bytes]:
+        """The translated lines for one chunk of the engine's stream."""
+
+    @abc.abstractmethod
+    def _done(self) -> Iterator[bytes]:
+        """The translated end of the stream (sets `ended` and the token counts)."""
 
 
 class RawRelay(LineSplitter):

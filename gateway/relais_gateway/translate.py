@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from relais_gateway.errors import InvalidRequest, UpstreamError
-from relais_gateway.relay import LineSplitter, token_count
+from relais_gateway.relay import ChunkReader, token_count
 
 Json = dict[str, Any]
 
@@ -301,7 +301,7 @@ def embed_answer(data: Json, model: str, started: float, *, legacy: bool) -> Jso
     }
 
 
-class StreamTranslator(LineSplitter):
+class StreamTranslator(ChunkReader):
     """OpenAI SSE lines in, Ollama NDJSON lines out, for one streamed answer."""
 
     def __init__(self, model: str, chat: bool, started: float) -> None:
@@ -315,28 +315,15 @@ class StreamTranslator(LineSplitter):
         head = orjson.dumps({"model": model})[:-1]
         self._head = head + b',"created_at":'
 
-    def _complete(self, lines: bytes) -> bytes:
-        return b"".join(self._lines(lines.split(b"\n")))
+    def _done(self) -> Iterator[bytes]:
+        return self._end()
 
-    def _lines(self, lines: list[bytes]) -> Iterator[bytes]:
-        for line in lines:
-            if not line.startswith(b"data:") or self.ended:
-                continue  # blank separators, `event:` and `:` comments
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                yield from self._end()
-                continue
-            data = orjson.loads(payload)
-            if "error" in data:
-                error = data["error"]
-                message = error.get("message") if isinstance(error, dict) else error
-                raise UpstreamError(f"engine error: {str(message)[:300]}")
-            self.lines += 1
-            self._usage = data.get("usage") or self._usage
-            for choice in data.get("choices") or ():
-                self._reason = choice.get("finish_reason") or self._reason
-                if (out := self._delta(choice)) is not None:
-                    yield out
+    def _chunk(self, data: Json) -> Iterator[bytes]:
+        self._usage = data.get("usage") or self._usage
+        for choice in data.get("choices") or ():
+            self._reason = choice.get("finish_reason") or self._reason
+            if (out := self._delta(choice)) is not None:
+                yield out
 
     def _delta(self, choice: Json) -> bytes | None:
         delta = choice.get("delta")

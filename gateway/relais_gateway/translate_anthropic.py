@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from relais_gateway.errors import InvalidRequest, UpstreamError
-from relais_gateway.relay import LineSplitter, token_count
+from relais_gateway.relay import ChunkReader, token_count
 from relais_gateway.translate import reasoning
 
 Json = dict[str, Any]
@@ -441,7 +441,7 @@ def event(kind: str, data: Json) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
 
 
-class MessagesStreamTranslator(LineSplitter):
+class MessagesStreamTranslator(ChunkReader):
     """OpenAI SSE lines in, Anthropic SSE events out, for one streamed answer.
 
     Events: `message_start`, one `ping`, then per content block (thinking, text, each tool call;
@@ -464,30 +464,19 @@ class MessagesStreamTranslator(LineSplitter):
         self._calls = False
         self._usage: Json = {}
 
-    def _complete(self, lines: bytes) -> bytes:
-        return b"".join(self._lines(lines.split(b"\n")))
+    def _chunk(self, data: Json) -> Iterator[bytes]:
+        if not self._started:
+            yield from self._start()
+        if isinstance(data.get("usage"), dict):
+            self._usage = data["usage"]
+        for choice in data.get("choices") or ():
+            if choice.get("index", 0) == 0:
+                yield from self._choice(choice)
 
-    def _lines(self, lines: list[bytes]) -> Iterator[bytes]:
-        for line in lines:
-            if not line.startswith(b"data:") or self.ended:
-                continue  # blank separators, `event:` and `:` comments
-            payload = line[5:].strip()
-            if not self._started:
-                yield from self._start()
-            if payload == b"[DONE]":
-                yield from self._end()
-                continue
-            data = orjson.loads(payload)
-            if "error" in data:
-                error = data["error"]
-                message = error.get("message") if isinstance(error, dict) else error
-                raise UpstreamError(f"engine error: {str(message)[:300]}")
-            self.lines += 1
-            if isinstance(data.get("usage"), dict):
-                self._usage = data["usage"]
-            for choice in data.get("choices") or ():
-                if choice.get("index", 0) == 0:
-                    yield from self._choice(choice)
+    def _done(self) -> Iterator[bytes]:
+        if not self._started:
+            yield from self._start()
+        yield from self._end()
 
     def _start(self) -> Iterator[bytes]:
         self._started = True
