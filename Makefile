@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install vllm lint typecheck unit test demo manifests check-manifests images e2e-kind bench clean
+.PHONY: help install vllm lint typecheck unit test demo manifests check-manifests images e2e-kind bench bench-real clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -80,6 +80,9 @@ bench: $(VENV)/.installed ## run the benchmarks (figures printed side by side)
 	$(PY) benchmarks/routing.py
 	$(PY) benchmarks/autoscale.py
 	$(PY) benchmarks/operator_scale.py
+
+bench-real: vllm ## PrefixHash vs LeastLoad in front of two real vLLM replicas (minutes; not in `make test`)
+	$(PY) benchmarks/real_routing.py
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -12,6 +12,7 @@ p99 (streamed, measured by the client) and the engines' prefix-cache hit rate fr
 `make test` (it needs minutes); nothing asserts.
 
     python benchmarks/real_routing.py [--conversations N] [--turns T] [--rounds R] [--seed S]
+        [--systems K] [--system-words W] [--turn-words W]
 """
 
 from __future__ import annotations
@@ -61,17 +62,18 @@ class Conversation:
     questions: list[str]
 
 
-def trace(rng: random.Random, conversations: int, turns: int, salt: str) -> list[Conversation]:
-    """Conversations over 3 shared system prompts (~250 words each), `turns` questions each."""
+def trace(rng: random.Random, args: argparse.Namespace, salt: str) -> list[Conversation]:
+    """`args.conversations` conversations over `args.systems` shared system prompts."""
     systems = [
-        f"[{salt}-{n}] You are assistant {n}. " + " ".join(rng.choices(WORDS, k=250))
-        for n in range(3)
+        f"[{salt}-{n}] You are assistant {n}. " + " ".join(rng.choices(WORDS, k=args.system_words))
+        for n in range(args.systems)
     ]
     return [
         Conversation(
-            rng.choice(systems), [" ".join(rng.choices(WORDS, k=12)) for _ in range(turns)]
+            rng.choice(systems),
+            [" ".join(rng.choices(WORDS, k=args.turn_words)) for _ in range(args.turns)],
         )
-        for _ in range(conversations)
+        for _ in range(args.conversations)
     ]
 
 
@@ -159,7 +161,7 @@ async def measure(gateways: dict[str, str], engines: list[str], args: argparse.N
     for round_ in range(args.rounds):
         order = STRATEGIES if round_ % 2 == 0 else STRATEGIES[::-1]
         for strategy in order:
-            conversations = trace(rng, args.conversations, args.turns, f"{strategy}-{round_}")
+            conversations = trace(rng, args, f"{strategy}-{round_}")
             hits, queries = await cache_counters(engines)
             await play(gateways[strategy], conversations, results[strategy])
             hits_after, queries_after = await cache_counters(engines)
@@ -183,7 +185,10 @@ def gateway_config(engines: list[str], strategy: str) -> dict[str, Any]:
 def report(results: dict[str, Result], started: float, args: argparse.Namespace) -> None:
     print(f"\nreal vLLM {vllm.VLLM_VERSION} CPU, 2 replicas x 1 core, Gemma 3 270M, prefix caching")
     print(f"{args.rounds} rounds x {args.conversations} conversations x {args.turns} turns per")
-    print(f"strategy, {MAX_TOKENS} tokens per answer, {CONCURRENCY} conversations at a time\n")
+    print(f"strategy, {MAX_TOKENS} tokens per answer, {CONCURRENCY} conversations at a time;")
+    print(
+        f"{args.systems} system prompts of {args.system_words} words, turns of {args.turn_words}\n"
+    )
     print("| strategy | requests | errors | TTFT p50 ms | TTFT p99 ms | prefix-cache hit rate |")
     print("|---|---|---|---|---|---|")
     for strategy, result in results.items():
@@ -198,7 +203,10 @@ def report(results: dict[str, Result], started: float, args: argparse.Namespace)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=12)
-    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--systems", type=int, default=4, help="shared system prompts")
+    parser.add_argument("--system-words", type=int, default=150)
+    parser.add_argument("--turn-words", type=int, default=40, help="words per user turn")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
