@@ -63,8 +63,9 @@ def missing() -> str | None:
     """Why real vLLM cannot run here, or None when `hack/install-vllm.sh` has run."""
     if not INSTALLED.exists():
         return f"{INSTALLED} is missing (run `make install` or hack/install-vllm.sh)"
-    if not (HF_CACHE / "models--relais-test--gemma-3-270m-it").exists():
-        return f"the test models are not in {HF_CACHE} (run hack/install-vllm.sh)"
+    for spec in (CHAT_SPEC, EMBED_SPEC):
+        if not (HF_CACHE / f"models--{spec['model'].replace('/', '--')}").exists():
+            return f"{spec['model']} is not in {HF_CACHE} (run hack/install-vllm.sh)"
     return None
 
 
@@ -81,6 +82,7 @@ def command(spec: LLMDeploymentSpec, port: int) -> list[str]:
 def environment(spec: LLMDeploymentSpec, cpus: str | None = None) -> dict[str, str]:
     """The operator's server environment, with the cache here and what a CPU run needs."""
     engine = ENGINES["vllm"]
+    # spec.env: plain values only (a valueFrom needs a cluster to resolve).
     env = {**os.environ, **engine.serve_env, **{var.name: var.value or "" for var in spec.env}}
     env["HF_HUB_CACHE"] = str(HF_CACHE)
     env["HF_HOME"] = str(HF_CACHE.parent / "hf-home")
