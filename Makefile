@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install lint typecheck unit test demo manifests check-manifests images e2e-kind bench clean
+.PHONY: help install vllm lint typecheck unit test demo manifests check-manifests images e2e-kind bench bench-real clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -34,7 +34,14 @@ $(VENV)/.installed-llm: $(VENV)/.installed
 	$(BIN)/uv pip install --python $(PY) --constraint constraints.txt $(LLAMA_BUILD) --editable '.[dev,llm]'
 	touch $@
 
-install: $(VENV)/.installed-llm ## create .venv with everything the tests and the demo need
+# Real vLLM (the CPU build) lives in its own virtualenv: its torch and transformers pins must not
+# meet the project's. The script installs once (a stamp in the venv) and then only checks that the
+# two test models are laid out (rebuilt when their recipe changed), so running it is cheap.
+VLLM_VENV ?= .venv-vllm
+vllm: $(VENV)/.installed ## install real vLLM (CPU) into .venv-vllm and prepare its test models
+	UV=$(BIN)/uv hack/install-vllm.sh $(VLLM_VENV)
+
+install: $(VENV)/.installed-llm vllm ## create .venv (and .venv-vllm) with everything the tests and the demo need
 
 lint: $(VENV)/.installed ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -48,7 +55,8 @@ unit: $(VENV)/.installed ## only the pure unit tests (no processes, no docker)
 		tests/operator/test_crd.py tests/operator/test_api.py tests/gateway/test_units.py \
 		tests/gateway/test_routing.py tests/gateway/test_translate.py tests/sim/test_world.py
 
-# RELAIS_REQUIRE_REAL_MODEL=1: the real-model tests fail, not skip, if the llm extra is missing.
+# RELAIS_REQUIRE_REAL_MODEL=1: the real-model and real-engine tests fail, not skip, if the llm
+# extra or real vLLM is missing.
 test: install lint typecheck ## install everything, lint, typecheck and run every test
 	RELAIS_REQUIRE_REAL_MODEL=1 $(BIN)/pytest
 
@@ -72,6 +80,9 @@ bench: $(VENV)/.installed ## run the benchmarks (figures printed side by side)
 	$(PY) benchmarks/routing.py
 	$(PY) benchmarks/autoscale.py
 	$(PY) benchmarks/operator_scale.py
+
+bench-real: vllm ## PrefixHash vs LeastLoad in front of two real vLLM replicas (minutes; not in `make test`)
+	$(PY) benchmarks/real_routing.py
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -32,6 +32,8 @@ _SERVED_NAME_ENGINES = frozenset({"vllm"})
 MAX_NAME_LENGTH = 52
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*/[-A-Za-z0-9_.]+$")
+# A vLLM parser name (`hermes`, `llama3_json`, `granite-20b-fc`) or `none`; as in the CRD schema.
+PARSER_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 # The Kubernetes quantity syntax (as in the CRD schema; from apimachinery resource.Quantity).
 _QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -240,6 +242,9 @@ class LLMDeploymentSpec(_Model):
     request_limits: RequestLimits = Field(default_factory=RequestLimits)
     autoscaling: Autoscaling | None = None
     routing: Routing = Field(default_factory=Routing)
+    # vLLM only: override the parser the operator picks from the model family; "none": off.
+    tool_call_parser: str | None = Field(default=None, max_length=64, pattern=PARSER_PATTERN)
+    reasoning_parser: str | None = Field(default=None, max_length=64, pattern=PARSER_PATTERN)
     ollama_options: OllamaOptions | None = None
 
     @property
@@ -283,6 +288,8 @@ class LLMDeploymentSpec(_Model):
                 f"with engine {hf}, model must be a Hugging Face repo id such as"
                 " google/gemma-2-2b-it"
             )
+        if self.engine != "vllm" and (self.tool_call_parser or self.reasoning_parser):
+            raise ValueError("toolCallParser and reasoningParser are only valid with engine vllm")
         if self.engine != "ollama" and self.ollama_options is not None:
             raise ValueError("ollamaOptions is only valid with engine ollama")
         if self.engine == "ollama" and " " in self.model:

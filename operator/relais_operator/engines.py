@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from relais_operator.parsers import parser_args
+
 if TYPE_CHECKING:
     from relais_api import LLMDeploymentSpec
 
@@ -224,6 +226,8 @@ def _vllm_args(spec: LLMDeploymentSpec) -> list[str]:
         args += ["--tensor-parallel-size", str(spec.gpu.count)]
     if spec.request_limits.max_concurrent_requests is not None:
         args += ["--max-num-seqs", str(spec.request_limits.max_concurrent_requests)]
+    # Tool calls and reasoning work out of the box: the parsers come from the model family.
+    args += parser_args(spec)
     return [*args, *spec.args]
 
 
@@ -250,6 +254,9 @@ VLLM = Engine(
             "--tensor-parallel-size",
             "-tp",
             "--max-num-seqs",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "--reasoning-parser",
         }
     ),
     needs_shm=True,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from relais_operator import resources
+from relais_operator import parsers, resources
 from relais_operator.settings import OperatorSettings
 from relais_operator.spec import LLMDeployment
 
@@ -318,6 +318,10 @@ def compute(
         "engine": llm.spec.engine,
         "observedGeneration": gen,
     }
+    if llm.spec.engine == "vllm":
+        # What the server was started with: a model family the table does not know shows none.
+        result["toolCallParser"] = parsers.tool_call_parser(llm.spec)
+        result["reasoningParser"] = parsers.reasoning_parser(llm.spec)
     if llm.spec.autoscaling is not None and autoscaling is not None:
         result["autoscaling"] = dict(autoscaling)
     elif llm.spec.autoscaling is None and previous.get("autoscaling") is not None:

@@ -2,9 +2,10 @@
 
 The engines differ in small, observable ways, captured by `Flavor`: Ollama writes `data: ` and
 sends headers with the first chunk; TGI (axum) writes `data:` and sends headers at once; vLLM
-sends a role-only first delta and `"usage": null` on every chunk when usage is requested; their
-error bodies, tool-call shapes (`_tool_call_json`, `TOOL_STREAMS`), image rules and the `model`
-they report differ. Who calls a tool, and with what, is `core.tool_plan`'s policy.
+sends a role-only first delta, the finish reason with the last token, and fields of its own
+(added by its `polish_*` hooks, from recorded transcripts); their error bodies, tool-call shapes
+(`_tool_call_json`, `TOOL_STREAMS`), image rules and the `model` they report differ. Who
+calls a tool, and with what, is `core.tool_plan`'s policy.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class Flavor:
     image_bytes: Callable[[str], bytes] = data_url_image
     vllm_extras: bool = False  # n > 1, batched prompts, structured_outputs / guided_json
     role_every_delta: bool = True  # False: one role-only first delta, then bare deltas (vLLM)
-    usage_null_in_chunks: bool = False  # with include_usage, every chunk has "usage": null
+    finish_on_last_token: bool = False  # a length-cut stream ends on its last token's chunk (vLLM)
     reasoning_fields: tuple[str, ...] = ()  # message fields carrying reasoning (`reasoning`)
     reasoning_null: bool = False  # the fields are null without reasoning (vLLM), else absent
     effort_sets_reasoning: bool = False  # `reasoning_effort` turns thinking on/off (Ollama)
@@ -93,6 +94,10 @@ class Flavor:
     embeddings: bool = False
     clamp_dimensions: bool = False  # Ollama cuts to `dimensions` when shorter, never fails
     validate: Callable[[dict[str, Json], int], None] | None = None  # body, prompt tokens
+    # The engine's own fields: (kind "chat" | "completion", answer) -> the answer it sends, and
+    # (kind, the stream's chunks in order) -> the chunks it sends (the same number of them).
+    polish_answer: Callable[[str, dict[str, Json]], dict[str, Json]] | None = None
+    polish_chunks: Callable[[str, list[dict[str, Json]]], list[dict[str, Json]]] | None = None
 
 
 def add_openai_routes(app: web.Application, flavor: Flavor) -> None:
@@ -478,6 +483,8 @@ async def _chat(request: web.Request, flavor: Flavor) -> web.StreamResponse:
     choices = [_choice(answer, i, flavor, top) for i, answer in enumerate(answers)]
     usage = _answers_usage(answers)
     answer = {**base, "object": "chat.completion", "choices": choices, "usage": usage}
+    if flavor.polish_answer is not None:
+        answer = flavor.polish_answer("chat", answer)
     return web.json_response(answer)
 
 
@@ -515,7 +522,11 @@ def _delta_events(answer: Answer, index: int, flavor: Flavor, top: int | None) -
     for i, piece in enumerate(answer.plan.pieces):
         lp = None if top is None else {"content": [_logprob_entry(piece, i, top, flavor)]}
         events.append(event({**role, "content": piece}, lp=lp))
-    final = event(blank, finish=answer.plan.finish)
+    if flavor.finish_on_last_token and answer.plan.finish == "length" and answer.plan.pieces:
+        last = events.pop()  # the token that hit the limit carries the finish reason
+        final = Event(index, {**last.payload, "finish_reason": answer.plan.finish}, True)
+    else:
+        final = event(blank, finish=answer.plan.finish)
     if flavor.vllm_extras:
         final.payload["stop_reason"] = answer.plan.stop_seq
     return [*events, final]
@@ -591,10 +602,12 @@ async def _send_events(
 ) -> web.StreamResponse:
     """SSE: the events, the usage chunk when asked for, then `[DONE]`."""
     switches = request.app[STATE].switches
-    include_usage = _include_usage(body)
-    null_usage: dict[str, Json] = (
-        {"usage": None} if include_usage and flavor.usage_null_in_chunks else {}
-    )
+    kind = "chat" if chunk_base.get("object") == "chat.completion.chunk" else "completion"
+    chunks = [{**chunk_base, "choices": [{"index": e.index, **e.payload}]} for e in events]
+    if _include_usage(body):
+        chunks.append({**chunk_base, "choices": [], "usage": usage})
+    if flavor.polish_chunks is not None:
+        chunks = flavor.polish_chunks(kind, chunks)
 
     def sse(payload: dict[str, Json]) -> bytes:
         return flavor.sse_prefix + json.dumps(payload).encode() + b"\n\n"
@@ -603,16 +616,14 @@ async def _send_events(
         if flavor.headers_early:
             await stream.prepare()
         tokens_sent = 0
-        for number, event in enumerate(events):
+        for number, chunk in enumerate(chunks):
+            token = number < len(events) and events[number].token
             if number == 0:
                 await sleep_ms(switches.first_token_delay_ms)
-            elif event.token and tokens_sent:
+            elif token and tokens_sent:
                 await sleep_ms(switches.token_delay_ms)
-            tokens_sent += event.token
-            choice = {"index": event.index, **event.payload}
-            await stream.send(sse({**chunk_base, "choices": [choice], **null_usage}))
-        if include_usage:
-            await stream.send(sse({**chunk_base, "choices": [], "usage": usage}))
+            tokens_sent += token
+            await stream.send(sse(chunk))
         await stream.send(flavor.sse_prefix + b"[DONE]\n\n")
 
     return await stream_with_drops(produce, ChunkStream(request, "text/event-stream"))
@@ -696,8 +707,8 @@ async def _completions(request: web.Request, flavor: Flavor) -> web.StreamRespon
     }
     usage = _usage(sum(count_tokens(p) for p in prompts), sum(len(p.pieces) for p in plans))
     if body.get("stream"):
-        events = _interleave([_text_events(plan, i, top) for i, plan in enumerate(plans)])
-        return await _send_events(request, flavor, body, events, base, usage)
+        per_choice = [_text_events(plan, i, top, flavor) for i, plan in enumerate(plans)]
+        return await _send_events(request, flavor, body, _interleave(per_choice), base, usage)
     await sleep_ms(switches.delay_ms)
     choices = [
         {
@@ -708,15 +719,21 @@ async def _completions(request: web.Request, flavor: Flavor) -> web.StreamRespon
         }
         for i, plan in enumerate(plans)
     ]
-    return web.json_response({**base, "choices": choices, "usage": usage})
+    answer = {**base, "choices": choices, "usage": usage}
+    if flavor.polish_answer is not None:
+        answer = flavor.polish_answer("completion", answer)
+    return web.json_response(answer)
 
 
-def _text_events(plan: Plan, index: int, top: int | None) -> list[Event]:
+def _text_events(plan: Plan, index: int, top: int | None, flavor: Flavor) -> list[Event]:
     events, offset = [], 0
     for i, piece in enumerate(plan.pieces):
         lp = None if top is None else _text_logprobs([piece], top, i, offset)
         events.append(Event(index, {"text": piece, "logprobs": lp, "finish_reason": None}, True))
         offset += len(piece)
+    if flavor.finish_on_last_token and plan.finish == "length" and events:
+        last = events.pop()  # the token that hit the limit carries the finish reason
+        return [*events, Event(index, {**last.payload, "finish_reason": plan.finish}, True)]
     final = {"text": "", "logprobs": None, "finish_reason": plan.finish}
     return [*events, Event(index, final, False)]
 
@@ -777,5 +794,6 @@ async def _embeddings(request: web.Request, flavor: Flavor) -> web.StreamRespons
     answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
     if flavor.vllm_extras:
         answer = {"id": f"embd-{uuid.uuid4().hex}", "created": int(time.time()), **answer}
-        answer["usage"] = {**answer["usage"], "completion_tokens": 0, "prompt_tokens_details": None}
+        details = {"prompt_tokens_details": None, "completion_tokens_details": None}
+        answer["usage"] = {**answer["usage"], "completion_tokens": 0, **details}
     return web.json_response(answer)

@@ -693,7 +693,8 @@ async def test_vllm_stream_usage_chunks_and_role_delta(
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [c["choices"][0]["delta"].get("content") for c in chunks[1:3]] == [WORDS[0], " fake"]
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
-    assert all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-2]["choices"][0]["delta"] == {"content": " fake"}  # the last token finishes
+    assert all("usage" not in c for c in chunks[:-1])  # real vLLM 0.32: no "usage": null
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     without = await sse_payloads(http, url, {**body, "stream_options": None})
@@ -855,24 +856,25 @@ async def test_vllm_structured_output(fake_vllm: FakeEngine) -> None:
 
 async def test_vllm_reasoning_switch(fake_vllm: FakeEngine, http: aiohttp.ClientSession) -> None:
     plain = await oai(fake_vllm).chat.completions.create(model=VLLM_MODEL, messages=MESSAGES)
-    assert plain.choices[0].message.model_extra == {"reasoning_content": None, "reasoning": None}
+    # vLLM 0.32 names it `reasoning` (older releases: `reasoning`), null without it.
+    assert plain.choices[0].message.model_extra == {"reasoning": None}
     await fake_vllm.configure(reasoning=True)
     answer = await oai(fake_vllm).chat.completions.create(model=VLLM_MODEL, messages=MESSAGES)
     extra = answer.choices[0].message.model_extra or {}
-    assert extra["reasoning_content"] == REASONING_TEXT
+    assert extra["reasoning"] == REASONING_TEXT
     assert answer.choices[0].message.content == " ".join(WORDS[:8])
     body = {"model": VLLM_MODEL, "messages": MESSAGES, "stream": True, "max_tokens": 1}
     chunks = await sse_payloads(http, fake_vllm.url + "/v1/chat/completions", body)
     deltas = [c["choices"][0]["delta"] for c in chunks]
-    thought = "".join(d.get("reasoning_content", "") for d in deltas)
+    thought = "".join(d.get("reasoning", "") for d in deltas)
     assert thought == REASONING_TEXT
     assert "".join(d.get("content") or "" for d in deltas) == WORDS[0]
     first_content = next(i for i, d in enumerate(deltas) if d.get("content"))
-    assert all("reasoning_content" not in d for d in deltas[first_content:])
+    assert all("reasoning" not in d for d in deltas[first_content:])
     hidden = await oai(fake_vllm).chat.completions.create(
         model=VLLM_MODEL, messages=MESSAGES, extra_body={"include_reasoning": False}
     )
-    assert (hidden.choices[0].message.model_extra or {})["reasoning_content"] is None
+    assert (hidden.choices[0].message.model_extra or {})["reasoning"] is None
 
 
 @pytest.mark.parametrize("engine", ["vllm", "ollama"])
@@ -942,7 +944,7 @@ async def test_vllm_models_health_version_and_errors(
         await client.chat.completions.create(model="other", messages=MESSAGES)
     assert missing.value.response.json() == {
         "error": {
-            "message": "The model `other` does not exist.",
+            "message": "The model `other` does not exist. Valid aliases: fake-org/fake-model.",
             "type": "NotFoundError",
             "param": "model",
             "code": 404,

@@ -1,17 +1,25 @@
 """A fake vLLM server speaking the HTTP API of `vllm serve` (its OpenAI-compatible server).
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
-`GET /v1/models` (served ids with `max_model_len`), `GET /health` (200 empty, 503 when unhealthy),
-`GET /version`, `GET /metrics`. It serves the models of the `models` switch (default
-`fake-org/fake-model`, the first one when a request names none) and answers any other name with
-vLLM's 404. Errors are `{"error": {"message", "type", "param", "code"}}` (vLLM's `ErrorResponse`).
-It behaves as if started with `--enable-auto-tool-choice --tool-call-parser ...` and a reasoning
-parser (the `reasoning` switch), and serves generation and embeddings from one model.
+`GET /v1/models` (served ids with `root`, the repo behind them, and `max_model_len`),
+`GET /health` (200 empty, 503 when unhealthy), `GET /version`, `GET /metrics`. It serves the
+models of the `models` switch (default `fake-org/fake-model`, the first one when a request names
+none) and answers any other name with vLLM's 404. Errors are `{"error": {"message", "type",
+"param", "code"}}` (vLLM's `ErrorResponse`; `param` is the parameter vLLM names in the message).
+It behaves as if started with `--enable-auto-tool-choice --tool-call-parser ...` (or, with
+`--no-tool-parser`, without: `tool_choice: auto` gets vLLM's 400) and a reasoning parser (the
+`reasoning` switch), and serves generation and embeddings from one model. `--load-delay-s N`
+refuses connections for N seconds first, as vLLM does while it loads a model.
+Shapes follow real vLLM 0.32's answers, recorded in tests/data/vllm/ (hack/record-vllm.py);
+tests/fakes/test_vllm_transcripts.py holds this fake to them.
 Run: `python -m tests.fakes.vllm --port 8000 [--token-delay-ms 20 ...]`.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -32,17 +40,24 @@ from tests.fakes.core import (
 )
 from tests.fakes.openai_compat import Flavor, add_openai_routes, data_url_image
 
-VERSION = "0.11.2"
+VERSION = "0.32.0"
+FINGERPRINT = f"vllm-{VERSION}-fake"
 DEFAULT_MODEL = "fake-org/fake-model"
 MAX_MODEL_LEN = MAX_TOTAL_TOKENS
 MAX_LOGPROBS = 20  # vLLM's --max-logprobs default
 
 
+_PARAMETER = re.compile(r"\(parameter=([\w.]+)")
+
+
 def render_error(status: int, message: str) -> web.Response:
-    """vLLM's `ErrorResponse`: the error type is named after the HTTP status class."""
+    """vLLM's `ErrorResponse`: the type is named after the status; `param` is what the message
+    names as `(parameter=NAME, value=...)` (vLLM's own validation errors end so)."""
     kinds = {400: "BadRequestError", 404: "NotFoundError", 501: "NotImplementedError"}
     kind = kinds.get(status, "InternalServerError" if status >= 500 else "BadRequestError")
-    error = {"message": message, "type": kind, "param": "model" if status == 404 else None}
+    named = _PARAMETER.search(message)
+    param = named.group(1) if named else ("model" if status == 404 else None)
+    error = {"message": message, "type": kind, "param": param}
     return web.json_response({"error": {**error, "code": status}}, status=status)
 
 
@@ -56,7 +71,8 @@ def resolve_model(request: web.Request, requested: str) -> str:
     if not requested:
         return served[0]
     if requested not in served:
-        raise BadRequest(f"The model `{requested}` does not exist.", 404)
+        aliases = ", ".join(served)
+        raise BadRequest(f"The model `{requested}` does not exist. Valid aliases: {aliases}.", 404)
     return requested
 
 
@@ -80,7 +96,7 @@ def model_card(name: str) -> dict[str, Json]:
         "object": "model",
         "created": int(time.time()),
         "owned_by": "vllm",
-        "root": name,
+        "root": DEFAULT_MODEL,  # the repo the server loaded; `id` is its --served-model-name
         "parent": None,
         "max_model_len": MAX_MODEL_LEN,
         "permission": [permission],
@@ -104,9 +120,16 @@ def validate_sampling(body: dict[str, Json], prompt_tokens: int) -> None:
         if value is None:
             continue
         if not isinstance(value, int | float) or isinstance(value, bool) or not ok(value):
-            raise BadRequest(f"{name} must be {rule}, got {value!r}.", 400)
+            raise BadRequest(f"{name} must be {rule}, got {value!r}. {_named(name, value)}", 400)
+    _check_logprobs(body)
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     wanted = limit if isinstance(limit, int) else 0
+    if wanted > MAX_MODEL_LEN:
+        raise BadRequest(
+            f"max_tokens={wanted} cannot be greater than max_model_len={MAX_MODEL_LEN}. Please"
+            f" request fewer output tokens. {_named('max_tokens', wanted)}",
+            400,
+        )
     if prompt_tokens + wanted > MAX_MODEL_LEN:
         raise BadRequest(
             f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, you "
@@ -116,10 +139,76 @@ def validate_sampling(body: dict[str, Json], prompt_tokens: int) -> None:
         )
 
 
+def _named(name: str, value: Json) -> str:
+    return f"(parameter={name}, value={value})"
+
+
+def _check_logprobs(body: dict[str, Json]) -> None:
+    """vLLM counts chat `top_logprobs` and completions `logprobs` as one sampling limit."""
+    chat = body.get("messages") is not None
+    wanted = body.get("top_logprobs") if chat else body.get("logprobs")
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > MAX_LOGPROBS:
+        raise BadRequest(
+            f"Requested sample logprobs of {wanted}, which is greater than max allowed:"
+            f" {MAX_LOGPROBS} {_named('logprobs', wanted)}",
+            400,
+        )
+
+
+def reject_auto_tools(body: dict[str, Json], prompt_tokens: int) -> None:
+    """A server started without a tool parser: `tools` with `tool_choice` auto is a 400."""
+    validate_sampling(body, prompt_tokens)
+    if body.get("tools") and body.get("tool_choice", "auto") == "auto":
+        raise BadRequest(
+            '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser'
+            " to be set",
+            400,
+        )
+
+
+_NULLS = dict.fromkeys(("kv_transfer_params", "ec_transfer_params", "metrics"))
+_CHAT_NULLS = dict.fromkeys(("prompt_logprobs", "prompt_token_ids", "prompt_text"))
+_MESSAGE_NULLS = dict.fromkeys(("refusal", "annotations", "audio", "function_call", "reasoning"))
+
+
+def polish_answer(kind: str, answer: dict[str, Json]) -> dict[str, Json]:
+    """vLLM's own fields of a whole answer, as recorded (all null here)."""
+    answer |= {"service_tier": None, "system_fingerprint": FINGERPRINT, **_NULLS}
+    answer["usage"] = {**answer["usage"], "prompt_tokens_details": None}
+    answer["usage"]["completion_tokens_details"] = None
+    for choice in answer["choices"]:
+        choice |= {"token_ids": None, "routed_experts": None}
+        choice.setdefault("stop_reason", None)
+        if kind == "chat":
+            choice["message"] = {**_MESSAGE_NULLS, **choice["message"]}
+        else:
+            choice |= {"prompt_logprobs": None, "prompt_token_ids": None}
+    if kind == "chat":
+        answer |= _CHAT_NULLS
+    return answer
+
+
+def polish_chunks(kind: str, chunks: list[dict[str, Json]]) -> list[dict[str, Json]]:
+    """vLLM's own fields of stream chunks: prompt fields on the role chunk, `token_ids` on every
+    other choice (completions: with the prompt's), the fingerprint on the last chunk only."""
+    for chunk in chunks:
+        del chunk["system_fingerprint"]
+        for choice in chunk["choices"]:
+            if kind == "chat" and "role" in choice["delta"]:
+                chunk |= {"prompt_token_ids": None, "prompt_text": None}
+                continue
+            choice["token_ids"] = None
+            if kind == "completion":
+                choice.setdefault("stop_reason", None)
+                choice["prompt_token_ids"] = None
+    chunks[-1]["system_fingerprint"] = FINGERPRINT
+    return chunks
+
+
 FLAVOR = Flavor(
     sse_prefix=b"data: ",
     render_error=render_error,
-    fingerprint=None,  # vLLM sends system_fingerprint null
+    fingerprint=None,  # set by polish_*: vLLM sends it once per answer
     headers_early=True,
     invalid_status=400,
     resolve_model=resolve_model,
@@ -131,12 +220,14 @@ FLAVOR = Flavor(
     image_bytes=data_url_image,
     vllm_extras=True,
     role_every_delta=False,
-    usage_null_in_chunks=True,
-    reasoning_fields=("reasoning_content", "reasoning"),
+    finish_on_last_token=True,
+    reasoning_fields=("reasoning",),
     reasoning_null=True,
     max_logprobs=MAX_LOGPROBS,
     embeddings=True,
     validate=validate_sampling,
+    polish_answer=polish_answer,
+    polish_chunks=polish_chunks,
 )
 
 
@@ -162,22 +253,33 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
-def create_app(startup: Switches | None = None) -> web.Application:
-    """The fake vLLM application (used in-process by tests that want no subprocess)."""
+def create_app(startup: Switches | None = None, *, tool_parser: bool = True) -> web.Application:
+    """The fake vLLM application (used in-process by tests that want no subprocess).
+
+    `tool_parser`: started with `--enable-auto-tool-choice --tool-call-parser` (the default).
+    """
     app = create_base_app(startup or Switches())
     app.router.add_get("/health", health)
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", metrics)
-    add_openai_routes(app, FLAVOR)
+    flavor = FLAVOR if tool_parser else dataclasses.replace(FLAVOR, validate=reject_auto_tools)
+    add_openai_routes(app, flavor)
     responses.mount(app)
-    add_anthropic_routes(app, FLAVOR)
+    add_anthropic_routes(app, flavor)
     audio.mount(app)
     return app
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args("Fake vLLM server for Relais tests", argv, default_port=8000)
-    serve(create_app(switches_from_args(args)), args.host, args.port, "vllm")
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--tool-parser", action=argparse.BooleanOptionalAction, default=True)
+    own.add_argument("--load-delay-s", type=float, default=0.0)
+    mine, rest = own.parse_known_args(argv)
+    args = parse_args("Fake vLLM server for Relais tests", rest, default_port=8000)
+    # vLLM binds its port only once the model is loaded: until then, connections are refused.
+    time.sleep(mine.load_delay_s)
+    app = create_app(switches_from_args(args), tool_parser=mine.tool_parser)
+    serve(app, args.host, args.port, "vllm")
 
 
 if __name__ == "__main__":

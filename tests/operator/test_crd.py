@@ -227,6 +227,9 @@ def test_example_secret_is_a_placeholder() -> None:
         {"engine": "ollama", "model": "m", "routing": {"strategy": "RoundRobin"}},
         {"engine": "ollama", "model": "m", "routing": {"prefixCharLength": 0}},
         {"engine": "ollama", "model": "m", "routing": {"loadFactor": 0.9}},
+        {"engine": "vllm", "model": "a/b", "toolCallParser": "Hermes"},
+        {"engine": "vllm", "model": "a/b", "reasoningParser": "--x"},
+        {"engine": "vllm", "model": "a/b", "toolCallParser": "x" * 65},
     ],
 )
 def test_schema_rejects_bad_specs(spec: dict[str, Any]) -> None:
@@ -261,6 +264,10 @@ def test_schema_rejects_bad_specs(spec: dict[str, Any]) -> None:
         ({"engine": "vllm", "model": "a/b/c", "revision": "main"}, False),
         ({"engine": "ollama", "model": "qwen2.5:0.5b", "ollamaOptions": {"numCtx": 8192}}, True),
         ({"engine": "vllm", "model": "a/b", "ollamaOptions": {"numCtx": 8192}}, False),
+        ({"engine": "vllm", "model": "a/b", "toolCallParser": "hermes"}, True),
+        ({"engine": "vllm", "model": "a/b", "reasoningParser": "none"}, True),
+        ({"engine": "tgi", "model": "a/b", "toolCallParser": "hermes"}, False),
+        ({"engine": "ollama", "model": "m", "reasoningParser": "qwen3"}, False),
     ],
 )
 def test_spec_rules_cel_and_python_agree(spec: dict[str, Any], ok: bool) -> None:
@@ -315,7 +322,7 @@ def test_every_rule_is_tested() -> None:
     """A new CEL rule needs a test here: this list is the set the tests above exercise."""
     tested = {
         (): 1,
-        ("spec",): 5,
+        ("spec",): 7,
         ("spec", "storage"): 1,
         ("spec", "autoscaling"): 1,
         ("spec", "env", "[]"): 1,

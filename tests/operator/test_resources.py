@@ -14,7 +14,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from relais_operator import resources
+from relais_operator import parsers, resources
 from relais_operator.engines import ENGINES, ollama_manifest_path
 from relais_operator.settings import OperatorSettings
 from relais_operator.spec import InvalidSpecError, LLMDeployment
@@ -134,8 +134,74 @@ def test_vllm_sets_optional_flags_only_when_asked() -> None:
         assert flag not in args
 
 
+def _vllm_args(spec: dict[str, Any]) -> list[str]:
+    workload = resources.build_workload(make("q", {"engine": "vllm", **spec}), SETTINGS)
+    args: list[str] = workload["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def _flag(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else None
+
+
 @pytest.mark.parametrize(
-    "arg", ["--served-model-name=x", "--tensor-parallel-size", "--max-num-seqs", "--port"]
+    ("model", "tool", "reasoning"),
+    [
+        ("Qwen/Qwen2.5-7B-Instruct", "hermes", None),
+        ("Qwen/Qwen3-8B", "hermes", "qwen3"),
+        ("Qwen/Qwen3-Coder-30B-A3B-Instruct", "qwen3_coder", None),
+        ("Qwen/Qwen3-4B-Instruct-2507", "hermes", None),
+        ("meta-llama/Llama-3.1-8B-Instruct", "llama3_json", None),
+        ("meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama4_pythonic", None),
+        ("mistralai/Mistral-7B-Instruct-v0.3", "mistral", None),
+        ("openai/gpt-oss-20b", "openai", "openai_gptoss"),
+        ("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", None, "deepseek_r1"),
+        ("deepseek-ai/DeepSeek-V3.1", "deepseek_v31", "deepseek_v3"),
+        ("google/gemma-3-4b-it", "pythonic", None),
+        ("ibm-granite/granite-3.3-8b-instruct", "granite", "granite"),
+        ("moonshotai/Kimi-K2-Instruct", "kimi_k2", None),
+        ("sentence-transformers/all-MiniLM-L6-v2", None, None),
+    ],
+)
+def test_vllm_parsers_follow_the_model_family(
+    model: str, tool: str | None, reasoning: str | None
+) -> None:
+    args = _vllm_args({"model": model})
+    assert _flag(args, "--tool-call-parser") == tool
+    assert ("--enable-auto-tool-choice" in args) == (tool is not None)
+    assert _flag(args, "--reasoning-parser") == reasoning
+
+
+def test_vllm_parser_fields_override_the_table() -> None:
+    spec = {"model": "acme/custom-7b", "toolCallParser": "hermes", "reasoningParser": "qwen3"}
+    args = _vllm_args(spec)
+    assert _flag(args, "--tool-call-parser") == "hermes"
+    assert "--enable-auto-tool-choice" in args
+    assert _flag(args, "--reasoning-parser") == "qwen3"
+    off = _vllm_args(
+        {"model": "Qwen/Qwen3-8B", "toolCallParser": "none", "reasoningParser": "none"}
+    )
+    for flag in ("--enable-auto-tool-choice", "--tool-call-parser", "--reasoning-parser"):
+        assert flag not in off
+
+
+def test_parser_table_keys_are_lowercase() -> None:
+    # Matching lowercases the repo id; an upper-case key could never match.
+    for key, _ in (*parsers.TOOL_CALL_PARSERS, *parsers.REASONING_PARSERS):
+        assert key == key.lower(), key
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "--served-model-name=x",
+        "--tensor-parallel-size",
+        "--max-num-seqs",
+        "--port",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser=hermes",
+        "--reasoning-parser",
+    ],
 )
 def test_vllm_rejects_flags_it_sets(arg: str) -> None:
     spec = {"engine": "vllm", "model": "Qwen/Qwen2.5-0.5B", "args": [arg, "2"]}

@@ -124,10 +124,26 @@ def test_every_status_fits_the_crd_status_schema() -> None:
         ),
         _compute(WorkloadState(replicas=1), [PodState(name="q-0", fetch="failed")]),
         _compute(WorkloadState(), [], replicas=0),
+        status.compute(make("v", CASES["vllm-2gpu"]), SETTINGS, None, [], {}, T0),
         status.invalid("spec: bad", 1, {}, T0),
     ]
     for sample in samples:
         assert list(validator.iter_errors(sample)) == []
+
+
+def test_vllm_status_names_its_parsers() -> None:
+    def parsers(spec: dict[str, Any]) -> tuple[str, str]:
+        llm = make("q", {"engine": "vllm", **spec})
+        result = status.compute(llm, SETTINGS, None, [], {}, T0)
+        return result["toolCallParser"], result["reasoningParser"]
+
+    assert parsers({"model": "Qwen/Qwen3-8B"}) == ("hermes", "qwen3")
+    assert parsers({"model": "acme/unknown-7b"}) == ("none", "none")
+    assert parsers({"model": "acme/unknown-7b", "toolCallParser": "pythonic"}) == (
+        "pythonic",
+        "none",
+    )
+    assert "toolCallParser" not in _compute(None, [])  # not vLLM: no parsers to report
 
 
 def test_invalid_status() -> None:
