@@ -86,7 +86,7 @@ class Upstream:
         while True:
             replica = self._pick(backend, tried, prefix)
             self.balancer.begin_replica(replica)
-            span, headers = self._attempt(replica, tried, request_id, content_type)
+            span, headers = self._attempt(backend, replica, tried, request_id, content_type)
             error: BaseException | None = None
             try:
                 with upstream_errors(replica):
@@ -122,7 +122,7 @@ class Upstream:
         while True:
             replica = self._pick(backend, tried, prefix)
             self.balancer.begin_replica(replica)
-            span, headers = self._attempt(replica, tried, request_id)
+            span, headers = self._attempt(backend, replica, tried, request_id)
             error: BaseException | None = None
             try:
                 try:
@@ -172,6 +172,7 @@ class Upstream:
 
     def _attempt(
         self,
+        backend: Backend,
         replica: str,
         tried: list[str],
         request_id: str,
@@ -183,7 +184,13 @@ class Upstream:
         if self.tracing is None:
             return None, headers
         retries = len(tried) - 1
-        Tracing.annotate(**{"relais.replica": replica, "relais.retries": retries})
+        Tracing.annotate(
+            **{
+                "relais.engine": backend.engine,
+                "relais.replica": replica,
+                "relais.retries": retries,
+            }
+        )
         span = self.tracing.start("relais.upstream", **{"relais.replica": replica})
         span.set_attribute("relais.attempt", retries + 1)
         return span, {**headers, **Tracing.headers(span)}

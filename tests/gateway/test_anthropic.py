@@ -188,3 +188,21 @@ def test_langchain_chat_anthropic_with_tools(server: GatewayServer) -> None:
         result = ToolMessage("sunny", tool_call_id=call["id"])
         final = tool_chat.invoke([asked, answer, result])
         assert final.content is not None
+
+
+def test_server_errors_in_anthropic_shape(
+    start_gateway: GatewayFactory, tgi_engine: FakeEngine
+) -> None:
+    tgi_engine.configure_sync(status=500)
+    server = start_gateway(
+        [deployment("t", "tgi", TGI_MODEL, [tgi_engine.url]), deployment("c", "tgi", "cold", [])]
+    )
+    sdk = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+    with pytest.raises(anthropic.InternalServerError) as failed:  # the engine's 500: a 502
+        sdk.messages.create(model=TGI_MODEL, max_tokens=8, messages=HELLO)
+    assert failed.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    with pytest.raises(anthropic.APIStatusError) as cold:  # no ready replica: a 503
+        sdk.messages.create(model="cold", max_tokens=8, messages=HELLO)
+    assert cold.value.status_code == 503
+    assert cold.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert cold.value.response.headers["retry-after"]

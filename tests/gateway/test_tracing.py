@@ -128,6 +128,7 @@ def test_a_retried_request_is_one_trace_that_reaches_the_engine(receiver: Receiv
     server_attributes = attributes(server)
     assert server_attributes["relais.model"] == "m"
     assert server_attributes["relais.key"] == "team-a"
+    assert server_attributes["relais.engine"] == "vllm"
     assert server_attributes["relais.retries"] == 1
     assert server_attributes["relais.replica"] == good_url
     assert server_attributes["http.response.status_code"] == 200
