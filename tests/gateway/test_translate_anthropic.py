@@ -907,7 +907,8 @@ async def test_fake_native_route_reads_tool_results_images_and_limits() -> None:
     assert blocks(answer)[0]["text"] == "I see 1 image. The tool returned sunny. Relais"
     assert answer.stop_reason == "max_tokens"
     assert answer.usage.output_tokens == 9  # cut by max_tokens
-    assert caught.value.body == {
-        "type": "error",
-        "error": {"type": "NotFoundError", "message": "The model `other` does not exist."},
-    }
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "NotFoundError"
+    assert body["error"]["message"].startswith("The model `other` does not exist.")
