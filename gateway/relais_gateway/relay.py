@@ -36,20 +36,34 @@ class Rename:
     model id (TGI, llama.cpp), or an alias.
 
     Bytes in, bytes out, nothing re-encoded: when every `"model"` field already holds the served
-    name (the common case), the data is returned as it came, after two byte counts.
+    name (the common case), the data is returned as it came, after two byte counts. An engine
+    writes its other name the same way on every line of a stream, so a form found once (by a
+    regular expression) is replaced by plain byte replacement after that.
     """
 
-    __slots__ = ("_right", "_spaced", "_value")
+    __slots__ = ("_right", "_spaced", "_value", "_wrong")
+
+    MAX_FORMS = 4  # forms learnt per answer: an engine has one or two; a hostile one no more
 
     def __init__(self, served_name: str) -> None:
         self._value = orjson.dumps(served_name)
         self._right = b'"model":' + self._value
         self._spaced = b'"model": ' + self._value
+        self._wrong: list[tuple[bytes, bytes]] = []
 
     def __call__(self, data: bytes) -> bytes:
         fields = data.count(b'"model":')
-        if not fields or data.count(self._right) + data.count(self._spaced) == fields:
+        if not fields:
             return data
+        for old, new in self._wrong:
+            data = data.replace(old, new)
+        if data.count(self._right) + data.count(self._spaced) == fields:
+            return data
+        for match in MODEL_FIELD.finditer(data):
+            pair = (match.group(0), self._replace(match))
+            unseen = pair[0] != pair[1] and pair not in self._wrong
+            if unseen and len(self._wrong) < self.MAX_FORMS:
+                self._wrong.append(pair)
         return MODEL_FIELD.sub(self._replace, data)
 
     def _replace(self, match: re.Match[bytes]) -> bytes:

@@ -295,3 +295,14 @@ def test_sse_relay_adds_the_usage_an_engine_did_not_send_when_the_client_asked()
     with_usage = SseRelay(None, strip_usage=False, add_usage=True)
     sent = {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 9}}
     assert with_usage.feed(sse(*words, sent, b"[DONE]")).count(b'"usage"') == 1  # not twice
+
+
+def test_the_served_name_replaces_any_engine_name() -> None:
+    rename = renamer("served")
+    first = b'data: {"model":"org/engine-id","x":"\\"model\\": 1"}\n\n'
+    assert rename(first) == b'data: {"model":"served","x":"\\"model\\": 1"}\n\n'
+    assert rename(first) == rename(first)  # the learnt form, replaced the same way
+    right = b'data: {"model": "served"}\n\n'
+    assert rename(right) is right  # nothing to do: the very same bytes
+    names = b"".join(b'{"model":"m%d"}\n' % n for n in range(10))  # more forms than it learns
+    assert rename(names) == b'{"model":"served"}\n' * 10
