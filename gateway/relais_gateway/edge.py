@@ -48,6 +48,11 @@ API_ROUTES = frozenset(
         "/v1/completions",
         "/v1/embeddings",
         "/v1/models",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
         "/api/chat",
         "/api/generate",
         "/api/embed",
@@ -110,7 +115,9 @@ class EdgeMiddleware:
 
     async def _traced(self, tracing: Tracing, scope: Scope, receive: Receive, send: Send) -> None:
         """The request inside its server span, which gets what the request log gets."""
-        route = scope["path"] if scope["path"] in API_ROUTES else scope["path"][:64]
+        path: str = scope["path"]
+        # Span names stay few, as metric labels do: forwarded and unknown paths share one name.
+        route = path if path in API_ROUTES else "/v1/*" if path.startswith("/v1/") else "other"
         with tracing.server(scope["method"], route, scope["headers"]) as span:
             try:
                 await self._handle(scope, receive, send)
