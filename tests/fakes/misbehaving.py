@@ -30,13 +30,12 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
 
 from tests.fakes.core import serve
-from tests.fakes.recording import BackgroundServer
+from tests.fakes.recording import BackgroundServer, Running
 
 MiB = 1024 * 1024
 LINE_BYTES = 64 * MiB
@@ -85,7 +84,7 @@ def ollama_counts(mode: str) -> dict[str, Any]:
     return {"prompt_eval_count": prompt, "eval_count": completion}
 
 
-class MisbehavingEngine:
+class MisbehavingEngine(Running):
     """The engine in a background thread; `url`, `requests()` (path, JSON body) and `clear()`."""
 
     def __init__(
@@ -129,17 +128,6 @@ class MisbehavingEngine:
         if self._server is not None:
             self._server.stop()
             self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 ENGINE = web.AppKey("misbehaving_engine", MisbehavingEngine)

@@ -13,6 +13,7 @@ misbehaving engine (`tests.fakes.misbehaving`) reuses. Used by the hostile-clien
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -45,7 +46,28 @@ HOP_BY_HOP = frozenset(
 PROBE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-class BackgroundServer:
+class Running(abc.ABC):
+    """Something a test starts and stops, also as `with thing:` (start returns it)."""
+
+    @abc.abstractmethod
+    def start(self) -> Self: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class BackgroundServer(Running):
     """An aiohttp application served on a free loopback port from a thread with its own loop."""
 
     def __init__(self, app: web.Application, host: str = "127.0.0.1") -> None:
@@ -84,17 +106,6 @@ class BackgroundServer:
         """Run a coroutine on the server's loop from the calling thread; its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 @dataclass(frozen=True)
 class Recorded:
@@ -122,7 +133,7 @@ class Recorded:
         return [value for key, value in self.headers if key.lower() == name.lower()]
 
 
-class RecordingProxy:
+class RecordingProxy(Running):
     """Forwards everything to `target` and keeps a list of what it forwarded (thread-safe)."""
 
     def __init__(self, target: str) -> None:
@@ -206,17 +217,6 @@ class RecordingProxy:
 
     def stop(self) -> None:
         self._server.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager
