@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fakes.servers import stop
 from tests.real_engine import vllm
+from tests.real_engine.vllm import sse_events
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "vllm"
 KEPT_HEADERS = ("content-type", "content-length", "transfer-encoding")
@@ -97,15 +98,6 @@ def exchange(base: str, method: str, path: str, body: dict[str, Any] | None) -> 
     else:
         record["body"] = None
     return record
-
-
-def sse_events(raw: str) -> dict[str, Any]:
-    """The events of an SSE body, and whether every one is `data: ...` ended by a blank line."""
-    blocks = raw.split("\n\n")
-    framed = blocks[-1] == "" and all(b.startswith("data: ") for b in blocks[:-1])
-    events = [b.removeprefix("data: ") for b in blocks[:-1]]
-    parsed = [e if e == "[DONE]" else json.loads(e) for e in events]
-    return {"framing": "data: <json>\\n\\n" if framed else "other", "events": parsed}
 
 
 def watch_loading(server: vllm.VllmServer) -> list[str]:

@@ -23,6 +23,7 @@ import pytest
 
 from tests.fakes.process import FakeEngine
 from tests.fakes.servers import free_port
+from tests.real_engine.vllm import sse_events
 
 TRANSCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "data" / "vllm"
 CASES = sorted(p.stem for p in TRANSCRIPTS.glob("*.json") if p.stem != "loading")
@@ -116,15 +117,6 @@ async def replay(fake: FakeEngine, request: dict[str, Any]) -> dict[str, Any]:
     else:
         answer["body"] = json.loads(raw) if raw else None
     return answer
-
-
-def sse_events(raw: str) -> dict[str, Any]:
-    """As hack/record-vllm.py parses a stream: its framing and events."""
-    blocks = raw.split("\n\n")
-    framed = blocks[-1] == "" and all(b.startswith("data: ") for b in blocks[:-1])
-    events = [b.removeprefix("data: ") for b in blocks[:-1]]
-    parsed = [e if e == "[DONE]" else json.loads(e) for e in events]
-    return {"framing": "data: <json>\\n\\n" if framed else "other", "events": parsed}
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -10,6 +10,7 @@ rejects fails here. Used by the real-engine tests, `hack/record-vllm.py` and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import tempfile
@@ -161,3 +162,13 @@ def running(
         finally:
             for server in started:
                 stop(server.proc, grace_s=30)
+
+
+def sse_events(raw: str) -> dict[str, Any]:
+    """A transcript's view of an SSE body: its events, and whether every one is `data: ...`
+    ended by a blank line (hack/record-vllm.py records it; the fake is held to it)."""
+    blocks = raw.split("\n\n")
+    framed = blocks[-1] == "" and all(b.startswith("data: ") for b in blocks[:-1])
+    events = [b.removeprefix("data: ") for b in blocks[:-1]]
+    parsed = [e if e == "[DONE]" else json.loads(e) for e in events]
+    return {"framing": "data: <json>\\n\\n" if framed else "other", "events": parsed}
