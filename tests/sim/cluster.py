@@ -120,6 +120,8 @@ class SimCluster:
         gateway_network: str = "127.0.1",
         operator_env: dict[str, str] | None = None,
         gateway_env: dict[str, str] | None = None,
+        cache_seed: Path | None = None,
+        agent_delay_s: float = 0.0,
     ) -> None:
         self.namespace = namespace
         # RELAIS_OPERATOR_* / RELAIS_GATEWAY_* settings of every operator and gateway started.
@@ -130,12 +132,19 @@ class SimCluster:
         self.gateway_env = dict(gateway_env or {})
         self.timeout_s = timeout_s
         self._start_operator = operator
+        self._workdir = Path(tempfile.mkdtemp(prefix="relais-sim-"))
         self._settings = KubeletSettings(
-            start_delay_s, drain_grace_s, drain_timeout_s, tick_s, dict(engine_switches or {})
+            start_delay_s,
+            drain_grace_s,
+            drain_timeout_s,
+            tick_s,
+            dict(engine_switches or {}),
+            workdir=self._workdir / "node",
+            cache_seed=cache_seed,
+            agent_delay_s=agent_delay_s,
         )
         self._engine_pool = AddressPool(engine_network, first=2)
         self._gateway_pool = AddressPool(gateway_network, first=1)
-        self._workdir = Path(tempfile.mkdtemp(prefix="relais-sim-"))
         self.kubeconfig = self._workdir / "kubeconfig"
         self.url = ""
         self.api = Api("http://unset")
@@ -470,6 +479,10 @@ class SimCluster:
         """The tails of every process's output, and the simulation's recent errors."""
         processes = [self._apiserver, self._operator, *(g.process for g in self._gateways)]
         parts = [p.tail() for p in processes if p is not None]
+        for agent_log in sorted((self._workdir / "node").glob("agent-*.log")):
+            parts.append(
+                f"--- {agent_log.stem} ---\n" + agent_log.read_text(errors="replace")[-2000:]
+            )
         parts.append("--- simulation errors ---\n" + "\n".join(self.kubelet.errors))
         return "\n".join(parts)
 

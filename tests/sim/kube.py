@@ -37,6 +37,7 @@ SERVICES = ("v1", "services")
 PODS = ("v1", "pods")
 SLICES = ("discovery.k8s.io/v1", "endpointslices")
 CLAIMS = ("v1", "persistentvolumeclaims")
+CONFIGMAPS = ("v1", "configmaps")
 
 
 class Api:

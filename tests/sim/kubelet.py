@@ -20,15 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from relais_operator import resources
 
 from tests.fakes.process import Engine, FakeEngine, FakeEngineError
 from tests.sim import world
 from tests.sim.kube import (
     CLAIMS,
+    CONFIGMAPS,
     LLMDEPLOYMENTS,
     PODS,
     SERVICES,
@@ -55,6 +62,7 @@ class FakeFor:
 FAKES: dict[str, FakeFor] = {
     "ollama": FakeFor("ollama", only_fetched_model=True),  # Ollama serves what was pulled
     "tgi": FakeFor("tgi", only_fetched_model=False),  # TGI answers for its one model, any name
+    "vllm": FakeFor("vllm", only_fetched_model=False),  # its --served-model-name (vllm_switches)
 }
 
 
@@ -114,6 +122,7 @@ class Replica:
     ip: str
     port: int
     engine: FakeEngine | None = None
+    agent: asyncio.subprocess.Process | None = None  # the adapter-agent sidecar, if the pod has one
     boot: asyncio.Future[str] | None = None  # the engine's start, in a thread (never cancelled)
     started: bool = False  # the engine answered: the pod turned Ready
     draining: bool = False
@@ -137,6 +146,14 @@ class KubeletSettings:
     drain_timeout_s: float = 30.0
     tick_s: float = 0.2
     engine_switches: Mapping[str, Any] = field(default_factory=dict)
+    # Where pods' volumes live on this "node": <workdir>/claims/<ns>/<claim> (kept across pods,
+    # as a PersistentVolume is) and <workdir>/pods/<uid>/<volume> (emptyDir, ConfigMap).
+    workdir: Path = field(default_factory=lambda: Path("/nonexistent"))
+    # Files a new claim starts with (a disk image: e.g. adapters put there beforehand).
+    cache_seed: Path | None = None
+    # The adapter-agent sidecar starts this long after the engine (its pod is Ready meanwhile).
+    agent_delay_s: float = 0.0
+    agent_interval_s: float = 0.2
 
 
 class Kubelet:
@@ -189,6 +206,8 @@ class Kubelet:
             await self._control(statefulset, pods)
         for pod in pods:
             self._run_pod(pod)
+        if any(r.agent is not None for r in self.replicas.values()):
+            self._sync_config_maps(pods, await self.api.list(CONFIGMAPS))
         self._forget_vanished({world.uid(pod) for pod in pods})
         for statefulset in filter(world.managed, sets):
             status = world.statefulset_status(statefulset, pods)
@@ -292,6 +311,8 @@ class Kubelet:
         model = world.fetched_model(pod)
         if fake.only_fetched_model and model:
             switches["models"] = [model]
+        if fake.fake == "vllm":
+            switches.update(world.vllm_switches(pod))
         engine = FakeEngine(fake.fake, host=replica.ip, port=replica.port, **switches)
         replica.engine = engine
         replica.boot = asyncio.ensure_future(asyncio.to_thread(engine.start))
@@ -304,6 +325,77 @@ class Kubelet:
         log.info("kubelet: %s running at %s", replica.pod, replica.url)
         await self._patch(PODS, pod, {"status": world.running_status(pod, replica.ip)}, "status")
         self.wake()
+        if world.container(pod, resources.AGENT_CONTAINER) is not None:
+            await asyncio.sleep(self.settings.agent_delay_s)
+            if not replica.draining:
+                await self._start_agent(replica, pod)
+
+    # ------------------------------------------------------------ the adapter-agent sidecar
+
+    def _volume_dirs(self, replica: Replica, pod: Obj) -> dict[str, Path]:
+        """Volume name -> its directory on this node (claims persist; the rest is per pod)."""
+        claim = self.settings.workdir / "claims" / replica.namespace / world.cache_claim(pod)
+        if not claim.exists():
+            if self.settings.cache_seed is not None:
+                shutil.copytree(self.settings.cache_seed, claim)
+            claim.mkdir(parents=True, exist_ok=True)
+        own = self.settings.workdir / "pods" / replica.uid
+        dirs = {resources.CACHE_VOLUME: claim}
+        for volume in (pod.get("spec") or {}).get("volumes") or ():
+            if volume.get("name") != resources.CACHE_VOLUME:
+                dirs[volume["name"]] = own / volume["name"]
+                dirs[volume["name"]].mkdir(parents=True, exist_ok=True)
+        return dirs
+
+    async def _start_agent(self, replica: Replica, pod: Obj) -> None:
+        """Run the real agent (`python -m relais_operator.adapter_agent`) as the pod's sidecar:
+        its container's environment, with mount paths mapped to this node's directories, the
+        engine at the pod's address (the pod's localhost), listening on the pod's address."""
+        agent = world.container(pod, resources.AGENT_CONTAINER) or {}
+        dirs = self._volume_dirs(replica, pod)
+        mounts = {m["mountPath"]: dirs[m["name"]] for m in agent.get("volumeMounts") or ()}
+        env = {}
+        for key, value in world.env_of(agent).items():
+            for mount, where in mounts.items():
+                if value == mount or value.startswith(mount + "/"):
+                    value = str(where) + value[len(mount) :]
+            env[key] = value
+        env |= {
+            "RELAIS_ENGINE_URL": replica.url,
+            "RELAIS_AGENT_HOST": replica.ip,
+            "RELAIS_AGENT_INTERVAL_S": str(self.settings.agent_interval_s),
+            "HF_HUB_OFFLINE": "1",
+        }
+        self._sync_config_maps([pod], await self.api.list(CONFIGMAPS, replica.namespace))
+        sink = (self.settings.workdir / f"agent-{replica.pod}-{replica.uid[:8]}.log").open("ab")
+        replica.agent = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *agent.get("command", [])[1:],
+            env={**os.environ, **env},
+            stdout=sink,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        sink.close()
+        log.info("kubelet: %s adapter-agent started", replica.pod)
+
+    def _sync_config_maps(self, pods: list[Obj], config_maps: list[Obj]) -> None:
+        """Write each running agent's ConfigMap into its volume (as the kubelet's sync does),
+        atomically, only when it changed."""
+        by_name = {(world.namespace(c), world.name(c)): c for c in config_maps}
+        for pod in pods:
+            replica = self.replicas.get(world.uid(pod))
+            volume = world.config_map_volume(pod, resources.ADAPTERS_VOLUME)
+            if replica is None or volume is None:
+                continue
+            found = by_name.get((replica.namespace, volume))
+            where = self.settings.workdir / "pods" / replica.uid / resources.ADAPTERS_VOLUME
+            where.mkdir(parents=True, exist_ok=True)
+            for key, text in ((found or {}).get("data") or {}).items():
+                target = where / key
+                if not target.exists() or target.read_text() != text:
+                    scratch = where / f".{key}.new"
+                    scratch.write_text(text)
+                    scratch.replace(target)
 
     async def _drain(self, replica: Replica, pod: Obj) -> None:
         """Terminating: let the gateways see it, wait for in-flight requests, stop, release."""
@@ -328,6 +420,14 @@ class Kubelet:
 
     async def _stop(self, replica: Replica) -> None:
         replica.stopped = True
+        if replica.agent is not None and replica.agent.returncode is None:
+            replica.agent.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await replica.agent.wait()
+            if replica.agent.returncode is None:
+                replica.agent.kill()
+                await replica.agent.wait()
         if replica.engine is not None:
             await asyncio.to_thread(replica.engine.stop)
             log.info("kubelet: %s stopped", replica.pod)
@@ -380,5 +480,9 @@ class Kubelet:
         await asyncio.gather(*boots, return_exceptions=True)  # a starting process is stopped too
         engines = [r.engine for r in self.replicas.values() if r.engine is not None]
         await asyncio.gather(*(asyncio.to_thread(e.stop) for e in engines), return_exceptions=True)
+        for replica in self.replicas.values():
+            if replica.agent is not None and replica.agent.returncode is None:
+                replica.agent.kill()
+                await replica.agent.wait()
         self.replicas.clear()
         self.pool.close()

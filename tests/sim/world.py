@@ -381,3 +381,64 @@ def endpoint_slice(service: Mapping[str, Any], pods: Iterable[Obj]) -> Obj:
 
 def slice_differs(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     return any(current.get(key) != desired.get(key) for key in ("ports", "endpoints"))
+
+
+# ---------------------------------------------------------------- kubelet: what a pod runs
+
+
+def container(pod: Mapping[str, Any], container_name: str) -> Obj | None:
+    """The pod's (non-init) container `container_name`, or None."""
+    return next(
+        (c for c in _containers(pod, "containers") if c.get("name") == container_name), None
+    )
+
+
+def flag_value(args: Iterable[str], flag: str) -> str | None:
+    """`--flag VALUE` or `--flag=VALUE` in a command line; None when absent."""
+    items = list(args)
+    for index, arg in enumerate(items):
+        if arg == flag and index + 1 < len(items):
+            return items[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def vllm_switches(pod: Mapping[str, Any]) -> Obj:
+    """The vLLM fake's switches for what the pod's `vllm serve` command line asks for: the served
+    name, and with `--enable-lora` the adapter slots (`--max-loras`, vLLM's default 1)."""
+    server = container(pod, resources.SERVER_CONTAINER) or {}
+    args = [str(a) for a in server.get("args") or ()]
+    switches: Obj = {}
+    served = flag_value(args, "--served-model-name")
+    if served:
+        switches["models"] = [served]
+    if "--enable-lora" in args:
+        switches["max_loras"] = int(flag_value(args, "--max-loras") or 1)
+    return switches
+
+
+def env_of(item: Mapping[str, Any]) -> dict[str, str]:
+    """A container's literal environment (`valueFrom` entries have no value here: skipped)."""
+    return {
+        str(var["name"]): str(var["value"])
+        for var in item.get("env") or ()
+        if var.get("value") is not None
+    }
+
+
+def config_map_volume(pod: Mapping[str, Any], volume: str) -> str | None:
+    """The ConfigMap behind the pod's volume `volume`, or None."""
+    for item in (pod.get("spec") or {}).get("volumes") or ():
+        if item.get("name") == volume and item.get("configMap"):
+            return str(item["configMap"].get("name"))
+    return None
+
+
+def cache_claim(pod: Mapping[str, Any]) -> str:
+    """The claim behind the pod's model cache: the shared claim, else the StatefulSet's
+    per-replica one (`models-<pod>`, from volumeClaimTemplates)."""
+    for item in (pod.get("spec") or {}).get("volumes") or ():
+        if item.get("name") == resources.CACHE_VOLUME and item.get("persistentVolumeClaim"):
+            return str(item["persistentVolumeClaim"]["claimName"])
+    return f"{resources.CACHE_VOLUME}-{name(pod)}"
