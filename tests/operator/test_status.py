@@ -413,7 +413,8 @@ def test_agent_reports_parse_defensively() -> None:
     assert status.parse_reports({"adapters": [{"name": "a", "state": "Ready"}]}) == [
         status.AgentReport("a", "Ready")
     ]
-    for junk in (None, [], {"adapters": "x"}, {"adapters": [1, {"state": "Ready"}]}):
+    junks: list[Any] = [None, [], {"adapters": "x"}, {"adapters": [1, {"state": "Ready"}]}]
+    for junk in junks:
         assert status.parse_reports(junk) == []
 
 
