@@ -22,6 +22,8 @@ from relais_operator.spec import LLMDeployment
 READY = "Ready"
 MODEL_CACHE_READY = "ModelCacheReady"
 ADAPTERS_READY = "AdaptersReady"
+# An agent's message is the engine's or the download's error: kept readable, not a whole trace.
+MAX_MESSAGE = 1024
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,7 @@ def parse_reports(payload: Any) -> list[AgentReport]:
     for item in items if isinstance(items, list) else []:
         if isinstance(item, Mapping) and isinstance(item.get("name"), str):
             state = str(item.get("state") or "Pending")
-            message = str(item.get("message") or "")
+            message = str(item.get("message") or "")[:MAX_MESSAGE]
             found.append(AgentReport(name=item["name"], state=state, message=message))
     return found
 

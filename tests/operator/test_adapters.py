@@ -341,3 +341,39 @@ async def test_hostile_adapter_specs_are_invalid_not_fatal(
     assert await api.get(f"{STS_PATH}/bad") is None
     await _settle(api)
     assert fast_operator.alive
+
+
+async def test_tgi_replicas_wait_for_the_adapters_they_read_at_start(
+    api: Api, fast_operator: Operator
+) -> None:
+    spec = {
+        "engine": "tgi",
+        "model": "google/gemma-2-2b-it",
+        "gpu": {"count": 0},
+        "adapters": [SQL, SUPPORT],
+        "storage": {"accessMode": "ReadWriteMany"},
+    }
+    llm = make("gemma", spec)
+    fetch = resources.fetch_job_name(llm)
+    [job] = [resources.adapter_job_name(llm, a) for a in resources.downloaded_adapters(llm)]
+    await api.create(LLMD_PATH, llmd("gemma", spec))
+    await _wait_object(api, f"{JOB_PATH}/{job}")
+    await _finish(api, fetch)
+    await _adapters_show(api, "gemma", **{"sql-writer": "Downloading", "support-bot": "Pending"})
+    await _settle(api)
+    assert (await api.get(f"{STS_PATH}/gemma") or {})["spec"]["replicas"] == 0
+    await _finish(api, job)
+
+    async def scaled_up() -> bool:
+        sts = await api.get(f"{STS_PATH}/gemma") or {}
+        return bool(sts.get("spec", {}).get("replicas") == 1)
+
+    await eventually(scaled_up, what="replicas start once the adapter is cached")
+    sts = await api.get(f"{STS_PATH}/gemma") or {}
+    env = {
+        e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["LORA_ADAPTERS"].startswith("sql-writer=/data/relais-adapters/")
+    await api.patch(f"{STS_PATH}/gemma/status", {"status": {"replicas": 1, "readyReplicas": 1}})
+    status = await _adapters_show(api, "gemma", **{"sql-writer": "Ready", "support-bot": "Ready"})
+    assert "loaded at start" in status["adapters"][0]["message"]

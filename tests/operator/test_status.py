@@ -433,3 +433,10 @@ def test_pod_state_finds_the_agent() -> None:
     assert state.agent_url == "http://10.0.0.7:8001/adapters"
     unready = status.pod_state({**pod, "status": {"podIP": "10.0.0.7"}})
     assert unready.agent_url is None
+
+
+def test_agent_messages_are_bounded() -> None:
+    [report] = status.parse_reports(
+        {"adapters": [{"name": "a", "state": "Failed", "message": "x" * 5000}]}
+    )
+    assert len(report.message) == status.MAX_MESSAGE
