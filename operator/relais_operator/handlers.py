@@ -225,8 +225,9 @@ def _adapter_inputs(
         return None
     key = (llm.namespace, llm.name)
     names = {resources.adapter_job_name(llm, a): a.name for a in resources.downloaded_adapters(llm)}
+    pods = _fetch_pods_of(indexes["fetch_pods"], llm)
     jobs = {
-        names[job.name]: job
+        names[job.name]: status.with_pod_problems(job, pods) or job
         for job in list(indexes["fetch_jobs"].get(key, []))
         if job.name in names
     }

@@ -322,7 +322,7 @@ def test_agent_reports_make_adapter_states() -> None:
         {
             "name": "support-bot",
             "state": "Ready",
-            "message": "loaded on 2 of 2 ready replica(s)",
+            "message": "loaded on 2 of 2 reporting replica(s)",
             "readyReplicas": 2,
         },
         {
@@ -440,3 +440,14 @@ def test_agent_messages_are_bounded() -> None:
         {"adapters": [{"name": "a", "state": "Failed", "message": "x" * 5000}]}
     )
     assert len(report.message) == status.MAX_MESSAGE
+
+
+def test_a_stuck_adapter_job_says_why() -> None:
+    stuck = status.JobState(
+        name="qwen-adapter-1",
+        problem='qwen-adapter-1-x: CreateContainerConfigError: secret "hf" not found',
+    )
+    result = _adapters("vllm-adapters-shared", status.AdapterInputs(jobs={"support-bot": stuck}))
+    [entry] = result["adapters"]
+    assert entry["state"] == "Downloading"
+    assert 'secret "hf" not found' in entry["message"]
