@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from relais_gateway.adapters import AdapterTracker
 from relais_gateway.admission import Admission
 from relais_gateway.auth import Authenticator, FailureThrottle
 from relais_gateway.balancer import Balancer
@@ -102,17 +103,28 @@ def create_app(
         reloading = asyncio.create_task(reloader.run()) if reloader is not None else None
         management = await serve_metrics(settings, metrics) if settings.metrics_port else None
         async with upstream_session(settings) as session:
-            upstream = Upstream(session, settings, balancer, metrics, tracing)
+            adapters = AdapterTracker(source, settings.adapter_poll_interval_s)
+            upstream = Upstream(session, settings, balancer, metrics, tracing, adapters)
             gateway = Gateway(
-                settings, source, authenticator, balancer, metrics, upstream, admission, tracing
+                settings,
+                source,
+                authenticator,
+                balancer,
+                metrics,
+                upstream,
+                admission,
+                tracing,
+                adapters,
             )
             app.state.gateway = gateway
             await source.start()
+            await adapters.start(session)
             try:
                 yield
             finally:
                 gateway.draining = True
                 await _drain(balancer, settings.shutdown_grace_s)
+                await adapters.stop()
                 await source.stop()
                 if reloading is not None:
                     reloading.cancel()

@@ -29,7 +29,7 @@ import orjson
 from pydantic import ValidationError
 from relais_api import LLMDeploymentSpec, describe
 
-from relais_gateway.registry import Backend, MemorySource
+from relais_gateway.registry import Adapter, Backend, MemorySource
 
 log = logging.getLogger("relais_gateway.kubernetes")
 
@@ -128,6 +128,31 @@ def _backend(llmd: Obj, by_service: Mapping[tuple[str, str], list[Obj]]) -> Back
         routing=spec.routing,
         autoscaled=scaling is not None and scaling.max_replicas >= 1,
         desired_replicas=spec.replicas,
+        adapters=adapters(llmd, spec),
+    )
+
+
+def adapters(llmd: Obj, spec: LLMDeploymentSpec) -> tuple[Adapter, ...]:
+    """The deployment's adapters (`spec.adapters`), with the state and message the operator
+    reports for each in `status.adapters` (Failed ones are answered 503 with that message)."""
+    declared = getattr(spec, "adapters", None)
+    if declared is None:  # a relais_api without adapters yet: read the raw object
+        raw = (llmd.get("spec") or {}).get("adapters") or ()
+        names = [str(a["name"]) for a in raw if isinstance(a, dict) and a.get("name")]
+    else:
+        names = [a.name for a in declared]
+    reported = {
+        str(a.get("name")): a
+        for a in (llmd.get("status") or {}).get("adapters") or ()
+        if isinstance(a, dict)
+    }
+    return tuple(
+        Adapter(
+            name,
+            str((reported.get(name) or {}).get("state") or ""),
+            str((reported.get(name) or {}).get("message") or "")[:500],
+        )
+        for name in names
     )
 
 
