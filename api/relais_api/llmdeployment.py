@@ -3,7 +3,8 @@
 The CRD schema (manifests/crd.yaml) rejects most bad input at `kubectl apply`; these models
 mirror its defaults, bounds and CEL rules (for clusters without CEL, and so tests can run both
 on the same inputs), and add the one check a schema cannot express: child names must be
-DNS-1035 labels. The operator adds its own checks on top (flags and variables it manages, in
+DNS-1035 labels, adapter names must be unique (the CRD's list-map key, which the API server
+enforces without CEL). The operator adds its own checks on top (flags and variables it manages, in
 `relais_operator.spec`); the gateway and the autoscaler read these models as they are.
 """
 
@@ -32,6 +33,18 @@ _SERVED_NAME_ENGINES = frozenset({"vllm"})
 MAX_NAME_LENGTH = 52
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*/[-A-Za-z0-9_.]+$")
+# An adapter name: what clients send as `model` and what the engine calls it (a DNS-1123 label).
+ADAPTER_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_ADAPTERS = 64
+HF_SCHEME = "hf://"
+# An adapter's source: hf://<repo id>, or a path relative to the model cache's root whose
+# segments start with a letter, digit or '_' (so no leading '/', no '.' or '..' segment).
+_ADAPTER_SOURCE = re.compile(
+    r"^(hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[-A-Za-z0-9_.]+"
+    r"|[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*)$"
+)
+# vLLM's --max-lora-rank choices.
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 # A vLLM parser name (`hermes`, `llama3_json`, `granite-20b-fc`) or `none`; as in the CRD schema.
 PARSER_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 # The Kubernetes quantity syntax (as in the CRD schema; from apimachinery resource.Quantity).
@@ -199,6 +212,55 @@ class AutoscalingStatus(_Model):
     last_scale_time: datetime.datetime | None = None
 
 
+class Adapter(_Model):
+    """One entry of `spec.adapters`: a LoRA adapter served beside the base model, by `name`."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=ADAPTER_NAME_PATTERN)
+    source: str = Field(min_length=1, max_length=256)
+    revision: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _source(self) -> Adapter:
+        # Mirrors the CRD's CEL rules on spec.adapters[].
+        if not _ADAPTER_SOURCE.match(self.source):
+            raise ValueError(
+                "source must be hf://<org>/<repo> or a path relative to the model cache"
+                " (no leading '/', no '.' or '..' segments)"
+            )
+        if self.revision is not None and self.hf_repo is None:
+            raise ValueError("revision is only valid with an hf:// source")
+        return self
+
+    @property
+    def hf_repo(self) -> str | None:
+        """The Hugging Face repo id of an hf:// source; None for a cache path."""
+        return self.source.removeprefix(HF_SCHEME) if self.source.startswith(HF_SCHEME) else None
+
+    @property
+    def cache_path(self) -> str | None:
+        """The path relative to the model cache volume's root; None for an hf:// source."""
+        return None if self.hf_repo is not None else self.source
+
+
+class LoRA(_Model):
+    """`spec.lora` (vLLM only): LoRA on, with this many GPU adapter slots and this largest rank."""
+
+    max_adapters: int = Field(default=4, ge=1, le=256)
+    max_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = 64
+
+
+AdapterState = Literal["Pending", "Downloading", "Loading", "Ready", "Failed", "Conflict"]
+
+
+class AdapterStatus(_Model):
+    """One entry of `status.adapters`, written by the operator (the gateway reads it)."""
+
+    name: str
+    state: AdapterState
+    message: str = ""
+    ready_replicas: int = Field(default=0, ge=0)
+
+
 Task = Literal["generate", "embed"]
 _POOLING_VALUES = {
     "--runner": {"pooling"},
@@ -246,6 +308,8 @@ class LLMDeploymentSpec(_Model):
     tool_call_parser: str | None = Field(default=None, max_length=64, pattern=PARSER_PATTERN)
     reasoning_parser: str | None = Field(default=None, max_length=64, pattern=PARSER_PATTERN)
     ollama_options: OllamaOptions | None = None
+    adapters: list[Adapter] = Field(default_factory=list, max_length=MAX_ADAPTERS)
+    lora: LoRA | None = None
 
     @property
     def task(self) -> Task | None:
@@ -296,7 +360,29 @@ class LLMDeploymentSpec(_Model):
             raise ValueError(
                 "with engine ollama, model must be an Ollama tag such as qwen2.5:7b-instruct"
             )
+        self._adapter_rules()
         return self
+
+    def _adapter_rules(self) -> None:
+        # Mirrors the CRD's CEL rules on spec about adapters and lora (and its list-map key).
+        names = [adapter.name for adapter in self.adapters]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"adapters: duplicate name(s) {', '.join(duplicates)}")
+        if self.effective_served_model_name in names:
+            raise ValueError("an adapter name must differ from the served model name")
+        if self.lora is not None and self.engine != "vllm":
+            raise ValueError("lora is only valid with engine vllm")
+        if self.engine == "vllm" and self.adapters and self.lora is None:
+            raise ValueError(
+                "with engine vllm, adapters need lora (lora: {} takes the defaults): it turns"
+                " LoRA on in the engine, so adding an adapter later restarts nothing"
+            )
+        if self.engine == "ollama" and any(a.hf_repo for a in self.adapters):
+            raise ValueError(
+                "with engine ollama, adapter sources must be paths on the model cache"
+                " (Ollama cannot download hf:// adapters)"
+            )
 
 
 class LLMDeployment(_Model):

@@ -6,6 +6,8 @@ Adding an engine means adding one `Engine` here, its name to the CRD enum and to
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 from relais_operator.parsers import parser_args
 
 if TYPE_CHECKING:
-    from relais_api import LLMDeploymentSpec
+    from relais_api import Adapter, LLMDeploymentSpec
 
 # Inside the container, /tmp is an emptyDir the builders mount (not the host's temp dir).
 TMP = "/tmp"  # noqa: S108
@@ -52,6 +54,52 @@ class Engine:
     # Whether the server serves Prometheus metrics at /metrics on its port (its pods get the
     # scrape label resources.METRICS_LABEL).
     serves_metrics: bool = False
+    # LoRA adapters. Run time (vLLM): the adapter-agent sidecar loads them from a ConfigMap, and
+    # the pod template never depends on them. Start (Ollama, TGI): `start_adapter_env` hands
+    # them to the server's start path, so a change rolls the replicas.
+    runtime_adapters: bool = False
+    start_adapter_env: Callable[[LLMDeploymentSpec], dict[str, str]] | None = None
+    # Server environment that `spec.lora` turns on (runtime adapters).
+    lora_env: Mapping[str, str] = field(default_factory=dict)
+    # The fetch step that downloads hf:// adapters too (RELAIS_ADAPTERS JSON in a pod's fetch
+    # step, RELAIS_MODEL/RELAIS_REVISION/RELAIS_LINK in an adapter's download Job); () = none.
+    adapter_fetch_command: tuple[str, ...] = ()
+    # Whether the server itself reads the adapters' files at start (TGI: LORA_ADAPTERS), so on a
+    # shared cache the replicas wait for the adapters' download Jobs.
+    adapters_at_start_need_files: bool = False
+    # Environment variables the operator owns on the server besides the cache and serve env.
+    managed_env: frozenset[str] = field(default_factory=frozenset)
+
+
+ADAPTER_LINKS = "relais-adapters"
+
+
+def adapter_digest(adapter: Adapter) -> str:
+    """8 hex of sha256(source@revision): names an hf:// adapter's download Job and its link."""
+    key = f"{adapter.source}@{adapter.revision or 'main'}"
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def adapter_link(engine: Engine, adapter: Adapter) -> str:
+    """Where the fetch step links an hf:// adapter's snapshot dir: a path known before download."""
+    return f"{engine.cache_path}/{ADAPTER_LINKS}/{adapter_digest(adapter)}"
+
+
+def adapter_path(engine: Engine, adapter: Adapter) -> str:
+    """The adapter's directory as the server sees it (a cache path, or an hf:// adapter's link)."""
+    if adapter.cache_path is not None:
+        return f"{engine.cache_path}/{adapter.cache_path}"
+    return adapter_link(engine, adapter)
+
+
+def hf_adapters_env(engine: Engine, spec: LLMDeploymentSpec) -> str:
+    """RELAIS_ADAPTERS for the fetch step: the hf:// adapters to download and link, as JSON."""
+    wanted = [
+        {"repo": a.hf_repo, "revision": a.revision or "main", "link": adapter_link(engine, a)}
+        for a in spec.adapters
+        if a.hf_repo is not None
+    ]
+    return json.dumps(wanted) if wanted else ""
 
 
 # --- Ollama ---------------------------------------------------------------------------------
@@ -119,7 +167,25 @@ warm_up() {{
   else
     echo "relais: loading $model failed" >&2; return 1
   fi
+  create_adapters
   touch "$ready"
+}}
+# RELAIS_ADAPTERS: one `name<TAB>path` per line. Each adapter becomes a derived model; one that
+# fails is logged and the replica serves the base model without it.
+create_adapters() {{
+  [ -n "${{RELAIS_ADAPTERS:-}}" ] || return 0
+  tab=$(printf '\\t')
+  printf '%s\\n' "$RELAIS_ADAPTERS" | while IFS="$tab" read -r name path; do
+    [ -n "$name" ] || continue
+    file="{TMP}/relais-adapter-$name.Modelfile"
+    printf 'FROM %s\\nADAPTER %s\\n' "$model" "$path" >"$file"
+    if /bin/ollama create "$name" -f "$file" </dev/null >/dev/null; then
+      echo "relais: adapter $name is ready"
+    else
+      echo "relais: adapter $name: ollama create failed; serving $model without it" >&2
+    fi
+    rm -f "$file"
+  done
 }}
 (warm_up || {{ touch "$failed"; echo "relais: not ready; stopping" >&2; kill -TERM "$server"; }}) &
 warmup=$!
@@ -131,6 +197,12 @@ kill "$warmup" 2>/dev/null
 [ ! -f "$failed" ] || exit 1
 exit "$code"
 """
+
+
+def _ollama_adapters(spec: LLMDeploymentSpec) -> dict[str, str]:
+    lines = [f"{a.name}\t{adapter_path(OLLAMA, a)}" for a in spec.adapters]
+    return {"RELAIS_ADAPTERS": "\n".join(lines)} if lines else {}
+
 
 OLLAMA = Engine(
     name="ollama",
@@ -148,6 +220,8 @@ OLLAMA = Engine(
     # At start Ollama deletes blobs no manifest uses: never on a cache it may only read.
     read_only_cache_env={"OLLAMA_NOPRUNE": "1"},
     ready_file=OLLAMA_READY_FILE,
+    start_adapter_env=_ollama_adapters,
+    managed_env=frozenset({"RELAIS_ADAPTERS"}),
 )
 
 
@@ -170,6 +244,45 @@ ignore = ["*.pth", "original/*", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot"
 path = snapshot_download(repo, revision=rev, ignore_patterns=ignore)
 print(f"relais: downloaded {repo}@{rev} into {path}")
 """
+
+
+# The fetch step with adapters (and an adapter's download Job): the model (RELAIS_MODEL, optional)
+# and each hf:// adapter (RELAIS_ADAPTERS), each linked at a path the server is given up front:
+# a relative symlink to the snapshot dir, so it resolves wherever the cache is mounted.
+_HF_FETCH_ADAPTERS = """
+import json, os
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+IGNORE = ["*.pth", "original/*", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot"]
+def fetch(repo, rev):
+    try:
+        path = snapshot_download(repo, revision=rev, local_files_only=True)
+        print(f"relais: {repo}@{rev} is already cached in {path}")
+    except LocalEntryNotFoundError:
+        path = snapshot_download(repo, revision=rev, ignore_patterns=IGNORE)
+        print(f"relais: downloaded {repo}@{rev} into {path}")
+    return path
+def link(path, at):
+    os.makedirs(os.path.dirname(at), exist_ok=True)
+    tmp = at + ".tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(os.path.relpath(path, os.path.dirname(at)), tmp)
+    os.replace(tmp, at)
+model = os.environ.get("RELAIS_MODEL")
+if model:
+    path = fetch(model, os.environ.get("RELAIS_REVISION", "main"))
+    if os.environ.get("RELAIS_LINK"):
+        link(path, os.environ["RELAIS_LINK"])
+for adapter in json.loads(os.environ.get("RELAIS_ADAPTERS") or "[]"):
+    link(fetch(adapter["repo"], adapter["revision"]), adapter["link"])
+"""
+
+
+def _tgi_adapters(spec: LLMDeploymentSpec) -> dict[str, str]:
+    # TGI's `id=path` form: the adapter is called `id`, read from the local dir `path`.
+    pairs = [f"{a.name}={adapter_path(TGI, a)}" for a in spec.adapters]
+    return {"LORA_ADAPTERS": ",".join(pairs)} if pairs else {}
 
 
 def _tgi_args(spec: LLMDeploymentSpec) -> list[str]:
@@ -211,6 +324,10 @@ TGI = Engine(
     # torch/triton write caches in unpredictable places; a RO root would break kernels at load.
     read_only_root=False,
     serves_metrics=True,
+    start_adapter_env=_tgi_adapters,
+    adapter_fetch_command=("python", "-c", _HF_FETCH_ADAPTERS),
+    adapters_at_start_need_files=True,
+    managed_env=frozenset({"LORA_ADAPTERS"}),
 )
 
 
@@ -228,6 +345,9 @@ def _vllm_args(spec: LLMDeploymentSpec) -> list[str]:
         args += ["--max-num-seqs", str(spec.request_limits.max_concurrent_requests)]
     # Tool calls and reasoning work out of the box: the parsers come from the model family.
     args += parser_args(spec)
+    if spec.lora is not None:  # the adapters themselves come at run time (adapter-agent)
+        args += ["--enable-lora", "--max-loras", str(spec.lora.max_adapters)]
+        args += ["--max-lora-rank", str(spec.lora.max_rank)]
     return [*args, *spec.args]
 
 
@@ -257,12 +377,19 @@ VLLM = Engine(
             "--enable-auto-tool-choice",
             "--tool-call-parser",
             "--reasoning-parser",
+            "--enable-lora",
+            "--max-loras",
+            "--max-lora-rank",
         }
     ),
     needs_shm=True,
     # torch.compile, triton and CUDA graphs write caches at load: a RO root would break them.
     read_only_root=False,
     serves_metrics=True,
+    runtime_adapters=True,
+    lora_env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
+    adapter_fetch_command=("python3", "-c", _HF_FETCH_ADAPTERS),
+    managed_env=frozenset({"VLLM_ALLOW_RUNTIME_LORA_UPDATING"}),
 )
 
 ENGINES: dict[str, Engine] = {engine.name: engine for engine in (OLLAMA, TGI, VLLM)}

@@ -2,7 +2,8 @@
 
 Thin by design: parse the body (spec.py), build the children (resources.py), apply them
 (kube.py), compute and publish the status (status.py). Startup also starts the autoscaler's
-loop (autoscale_loop.py), which publishes status.autoscaling through the same `_publish`, and
+loop (autoscale_loop.py), which publishes status.autoscaling through the same `_publish`, the
+adapter-agents' poll (adapter_poll.py), which publishes status.adapters the same way, and
 serves the operator's /metrics (metrics.py: each reconcile is timed and counted by result).
 Importing this module registers the handlers, so `kopf run -m relais_operator.handlers` works
 as well as `relais-operator`.
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from relais_operator import autoscale_loop, metrics, resources, status
+from relais_operator import adapter_poll, autoscale_loop, metrics, resources, status
 from relais_operator.kube import Kube
 from relais_operator.settings import OperatorSettings, configure_kopf
 from relais_operator.spec import GROUP, PLURAL, VERSION, InvalidSpecError, LLMDeployment
@@ -51,11 +53,14 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) ->
 
     index = indexes["llmdeployments"]
     memo.autoscaler = autoscale_loop.start(ours, memo.kube, index, publish, memo.autoscaling)
+    memo.adapter_reports = {}  # (namespace, name) -> pod -> its adapter-agent's report
+    memo.adapter_poll = adapter_poll.start(ours, indexes, memo.adapter_reports, publish)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
     await autoscale_loop.stop(memo.get("autoscaler"))
+    await adapter_poll.stop(memo.get("adapter_poll"))
     if memo.get("metrics") is not None:
         await memo.metrics.cleanup()
     kube: Kube | None = memo.get("kube")
@@ -121,7 +126,8 @@ async def reconcile(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
         await _delete_superseded_jobs(llm, kwargs["fetch_jobs"], memo)
         pod_states = _pods_of(kwargs["pods"], llm)
         fetch = status.with_pod_problems(fetch, _fetch_pods_of(kwargs["fetch_pods"], llm))
-        await _publish(llm, body.get("status") or {}, workload, pod_states, fetch, memo)
+        adapters = _adapter_inputs(llm, memo, kwargs)
+        await _publish(llm, body.get("status") or {}, workload, pod_states, fetch, memo, adapters)
 
 
 def _note_unscaled(llm: LLMDeployment, memo: Any) -> None:
@@ -140,13 +146,21 @@ def _note_unscaled(llm: LLMDeployment, memo: Any) -> None:
 async def _apply_children(
     llm: LLMDeployment, memo: Any
 ) -> tuple[status.WorkloadState | None, status.JobState | None]:
-    """Apply the children in order; a shared cache's Job first, as the replicas depend on it."""
+    """Apply the children in order; a shared cache's Jobs first, as the replicas depend on them
+    (on the adapters' Jobs too, where the server reads the adapters at start), then the
+    adapters' ConfigMap, which the pods mount."""
     cache = resources.build_cache(llm, memo.settings)
     if cache is not None:
         await memo.kube.apply(cache)
     job = resources.build_fetch_job(llm, memo.settings)
     fetch = status.job_state(await memo.kube.apply(job)) if job is not None else None
     cached = fetch is not None and fetch.succeeded
+    for adapter_job in resources.build_adapter_jobs(llm, memo.settings):
+        done = status.job_state(await memo.kube.apply(adapter_job)).succeeded
+        cached = cached and (done or not resources.engine_of(llm).adapters_at_start_need_files)
+    config = resources.build_adapters_config(llm, memo.settings)
+    if config is not None:
+        await memo.kube.apply(config)
     await memo.kube.apply(resources.build_service(llm, memo.settings))
     workload = await memo.kube.apply(resources.build_workload(llm, memo.settings, cached=cached))
     return status.workload_state(workload), fetch
@@ -155,10 +169,12 @@ async def _apply_children(
 async def _delete_superseded_jobs(
     llm: LLMDeployment, index: kopf.Index[Key, Any], memo: Any
 ) -> None:
-    """Delete download Jobs of an earlier model or revision (the current one has its own)."""
-    current = resources.fetch_job_name(llm)
+    """Delete download Jobs of an earlier model or revision, or of adapters no longer declared
+    (the current ones have their own)."""
+    current = {resources.fetch_job_name(llm)}
+    current |= {resources.adapter_job_name(llm, a) for a in resources.downloaded_adapters(llm)}
     for job in list(index.get((llm.namespace, llm.name), [])):
-        if job.name != current:
+        if job.name not in current:
             await memo.kube.delete(resources.job_reference(llm, job.name))
 
 
@@ -185,18 +201,43 @@ async def _publish(
     pod_states: list[status.PodState],
     fetch: status.JobState | None,
     memo: Any,
+    adapters: status.AdapterInputs | None = None,
 ) -> None:
     """Write the status when it differs from the last one written (or shown, after a restart)."""
     key = (llm.namespace, llm.name)
     async with memo.locks[key]:
         previous = memo.written.get(key) or shown
         view = memo.autoscaling.get(key)
+        now = status.now()
         new = status.compute(
-            llm, memo.settings, workload, pod_states, previous, status.now(), fetch, view
+            llm, memo.settings, workload, pod_states, previous, now, fetch, view, adapters
         )
         if status.needs_update(previous, new):
             await memo.kube.patch_status(llm.namespace, llm.name, new)
             memo.written[key] = new
+
+
+def _adapter_inputs(
+    llm: LLMDeployment, memo: Any, indexes: Mapping[str, Any]
+) -> status.AdapterInputs | None:
+    """What status.adapters is made of: agents' reports, adapter Jobs, name clashes."""
+    if not llm.spec.adapters:
+        return None
+    key = (llm.namespace, llm.name)
+    names = {resources.adapter_job_name(llm, a): a.name for a in resources.downloaded_adapters(llm)}
+    jobs = {
+        names[job.name]: job
+        for job in list(indexes["fetch_jobs"].get(key, []))
+        if job.name in names
+    }
+    others = []
+    for store in list(indexes["llmdeployments"].values()):
+        for body in list(store):
+            with contextlib.suppress(InvalidSpecError):
+                others.append(LLMDeployment.from_body(body))
+    reports = memo.get("adapter_reports", {}).get(key, {})
+    conflicts = status.adapter_conflicts(llm, others)
+    return status.AdapterInputs(reports=reports, jobs=jobs, conflicts=conflicts)
 
 
 def _pods_of(index: kopf.Index[Key, Any], llm: LLMDeployment) -> list[status.PodState]:
@@ -266,7 +307,8 @@ async def _refresh(key: Key, memo: Any, indexes: Mapping[str, Any], *, reapply: 
         fetch = _fetch_of(indexes["fetch_jobs"], llm)
     fetch = status.with_pod_problems(fetch, _fetch_pods_of(indexes["fetch_pods"], llm))
     pod_states = _pods_of(indexes["pods"], llm)
-    await _publish(llm, parent.get("status") or {}, workload, pod_states, fetch, memo)
+    adapters = _adapter_inputs(llm, memo, indexes)
+    await _publish(llm, parent.get("status") or {}, workload, pod_states, fetch, memo, adapters)
 
 
 @kopf.on.event(*LLMD)
@@ -276,3 +318,4 @@ async def forget(type: str, namespace: str | None, name: str, memo: Any, **_: An
         memo.written.pop((namespace, name), None)
         memo.locks.pop((namespace, name), None)
         memo.unscaled.discard((namespace, name))
+        memo.get("adapter_reports", {}).pop((namespace, name), None)

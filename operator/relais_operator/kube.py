@@ -42,6 +42,7 @@ _PLURALS = {
     "Service": "services",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Job": "jobs",
+    "ConfigMap": "configmaps",
 }
 # Paths we own and patch in place, and paths the API forbids changing (-> delete and re-create).
 _MUTABLE = {
@@ -55,6 +56,7 @@ _MUTABLE = {
     "PersistentVolumeClaim": ("spec/resources",),
     # A Job's pod template is immutable: never patched. A new model is a new Job name.
     "Job": (),
+    "ConfigMap": ("data",),
 }
 _IMMUTABLE = {
     "StatefulSet": (

@@ -9,14 +9,31 @@ No I/O here; `kube.apply` sends what these return. The model cache:
   pods have no fetch step; the StatefulSet runs 0 replicas until the Job has succeeded.
 Claim and Job names are deterministic, so re-creating a deleted resource finds its retained
 cache, and its new Job finds the model there and exits at once.
+
+LoRA adapters (spec.adapters) reach the engine one of two ways (engines.Engine says which):
+- at run time (vLLM with spec.lora): the ConfigMap `<name>-adapters` lists them, and the
+  `adapter-agent` sidecar of every pod loads them into its own engine on localhost. The pod
+  template depends on spec.lora only, never on the adapters: changing them restarts nothing.
+  On a shared cache each hf:// adapter is downloaded by its own Job `<name>-adapter-<hash>`.
+- at start (Ollama, TGI): in the server's environment, so a change rolls the replicas.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
-from relais_operator.engines import ENGINES, TMP, Engine
+from relais_api import Adapter
+
+from relais_operator.engines import (
+    ENGINES,
+    TMP,
+    Engine,
+    adapter_digest,
+    adapter_link,
+    hf_adapters_env,
+)
 from relais_operator.settings import OperatorSettings
 from relais_operator.spec import GROUP, KIND, VERSION, LLMDeployment
 
@@ -34,6 +51,15 @@ FETCH_LABEL = "relais.dev/fetch-for"
 METRICS_LABEL = "relais.dev/metrics"
 # A Job's name goes into its pods' `job-name` label: at most 63 characters.
 _JOB_NAME_PREFIX = 63 - len("-fetch-") - 8
+_ADAPTER_JOB_PREFIX = 63 - len("-adapter-") - 8
+# Run-time adapters: the ConfigMap the operator writes and the sidecar that reads it.
+AGENT_CONTAINER = "adapter-agent"
+AGENT_PORT = 8001
+AGENT_PORT_NAME = "agent"
+AGENT_COMMAND = ("python", "-m", "relais_operator.adapter_agent")
+ADAPTERS_VOLUME = "adapters"
+ADAPTERS_MOUNT = "/etc/relais/adapters"
+ADAPTERS_KEY = "adapters.json"
 
 Manifest = dict[str, Any]
 
@@ -84,6 +110,32 @@ def fetch_job_name(llm: LLMDeployment) -> str:
         key += f"@{llm.name}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return f"{llm.name[:_JOB_NAME_PREFIX]}-fetch-{digest}"
+
+
+def adapters_config_name(llm: LLMDeployment) -> str:
+    return f"{llm.name}-adapters"
+
+
+def runtime_adapters(llm: LLMDeployment) -> bool:
+    """Whether the pods run the adapter-agent (an engine that loads adapters at run time, with
+    spec.lora set: the pod template depends on that, not on the adapters)."""
+    return engine_of(llm).runtime_adapters and llm.spec.lora is not None
+
+
+def downloaded_adapters(llm: LLMDeployment) -> list[Adapter]:
+    """The hf:// adapters that a Job downloads (shared caches of engines that fetch adapters)."""
+    if not llm.spec.storage.shared or not engine_of(llm).adapter_fetch_command:
+        return []
+    return [adapter for adapter in llm.spec.adapters if adapter.hf_repo is not None]
+
+
+def adapter_job_name(llm: LLMDeployment, adapter: Adapter) -> str:
+    """`<name>-adapter-<8 hex of sha256(source@revision)>` (a cut name is hashed in too)."""
+    digest = adapter_digest(adapter)
+    if len(llm.name) > _ADAPTER_JOB_PREFIX:
+        key = f"{adapter.source}@{adapter.revision or 'main'}@{llm.name}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return f"{llm.name[:_ADAPTER_JOB_PREFIX]}-adapter-{digest}"
 
 
 def endpoint(llm: LLMDeployment, settings: OperatorSettings) -> str:
@@ -217,23 +269,37 @@ def _image(llm: LLMDeployment, settings: OperatorSettings) -> str:
     return llm.spec.image or settings.image_for(llm.spec.engine) or engine_of(llm).image
 
 
+def _token_env(llm: LLMDeployment) -> list[dict[str, Any]]:
+    ref = llm.spec.hf_token_secret_ref
+    if ref is None:
+        return []
+    secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+    return [{"name": "HF_TOKEN", "valueFrom": secret}]
+
+
 def _fetch_container(
-    llm: LLMDeployment, settings: OperatorSettings, mounts: list[dict[str, Any]]
+    llm: LLMDeployment,
+    settings: OperatorSettings,
+    mounts: list[dict[str, Any]],
+    *,
+    adapters: bool = False,
 ) -> dict[str, Any]:
+    """The fetch step; with `adapters`, it also downloads and links the hf:// adapters the
+    server reads at start (engines whose server reads adapter files at start)."""
     engine = engine_of(llm)
     env = _env({**engine.cache_env, "RELAIS_MODEL": llm.spec.model})
     if llm.spec.revision is not None:
         env += _env({"RELAIS_REVISION": llm.spec.revision})
-    ref = llm.spec.hf_token_secret_ref
-    if ref is not None:
-        env.append(
-            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-        )
+    command = engine.fetch_command(llm.spec)
+    wanted = hf_adapters_env(engine, llm.spec) if adapters else ""
+    if wanted and engine.adapters_at_start_need_files and engine.adapter_fetch_command:
+        env += _env({"RELAIS_ADAPTERS": wanted})
+        command = list(engine.adapter_fetch_command)
     return {
         "name": FETCH_CONTAINER,
         "image": _image(llm, settings),
-        "command": engine.fetch_command(llm.spec),
-        "env": env,
+        "command": command,
+        "env": env + _token_env(llm),
         "volumeMounts": mounts,
         "securityContext": _container_security(engine),
     }
@@ -268,6 +334,10 @@ def _server_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[st
     engine = engine_of(llm)
     shared = llm.spec.storage.shared
     env = {**engine.cache_env, **engine.serve_env, **(engine.read_only_cache_env if shared else {})}
+    if runtime_adapters(llm):
+        env |= engine.lora_env
+    if engine.start_adapter_env is not None:
+        env |= engine.start_adapter_env(llm.spec)
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
         "image": _image(llm, settings),
@@ -287,6 +357,48 @@ def _server_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[st
     return container
 
 
+def _agent_container(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
+    """The adapter-agent: loads the ConfigMap's adapters into the engine next to it.
+
+    It downloads hf:// adapters onto the pod's own cache (per-replica caches) or waits for the
+    download Jobs (a shared cache, mounted read-only). Only a liveness probe: a readiness probe
+    would take the engine's traffic away whenever the agent is busy or restarting.
+    """
+    engine = engine_of(llm)
+    shared = llm.spec.storage.shared
+    env = {
+        "RELAIS_ADAPTERS_FILE": f"{ADAPTERS_MOUNT}/{ADAPTERS_KEY}",
+        "RELAIS_ENGINE_URL": f"http://127.0.0.1:{engine.port}",
+        "RELAIS_AGENT_PORT": str(AGENT_PORT),
+        "RELAIS_CACHE_PATH": engine.cache_path,
+        **engine.cache_env,
+        **({"RELAIS_CACHE_READ_ONLY": "1"} if shared else {}),
+    }
+    mounts = _mounts(engine, read_only=shared)
+    mounts = [m for m in mounts if m["name"] != "shm"]
+    mounts.append({"name": ADAPTERS_VOLUME, "mountPath": ADAPTERS_MOUNT, "readOnly": True})
+    return {
+        "name": AGENT_CONTAINER,
+        "image": settings.agent_image,
+        "command": list(AGENT_COMMAND),
+        "env": _env(env) + _token_env(llm),
+        "ports": [{"name": AGENT_PORT_NAME, "containerPort": AGENT_PORT, "protocol": "TCP"}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": AGENT_PORT_NAME},
+            "periodSeconds": 30,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+    }
+
+
 def _volumes(llm: LLMDeployment) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if engine_of(llm).needs_shm:
@@ -294,6 +406,9 @@ def _volumes(llm: LLMDeployment) -> list[dict[str, Any]]:
     if llm.spec.storage.shared:  # the download Job writes it; model pods only read it
         claim = {"claimName": shared_claim_name(llm), "readOnly": True}
         volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": claim})
+    if runtime_adapters(llm):  # the whole directory (no subPath), so updates reach the pods
+        config = {"name": adapters_config_name(llm)}
+        volumes.append({"name": ADAPTERS_VOLUME, "configMap": config})
     return volumes
 
 
@@ -318,9 +433,11 @@ def _pod_basics(settings: OperatorSettings) -> dict[str, Any]:
 def _pod_spec(llm: LLMDeployment, settings: OperatorSettings) -> dict[str, Any]:
     spec = _pod_basics(settings)
     if not llm.spec.storage.shared:  # per-replica caches: each pod fetches into its own disk
-        fetch = _fetch_container(llm, settings, _mounts(engine_of(llm)))
+        fetch = _fetch_container(llm, settings, _mounts(engine_of(llm)), adapters=True)
         spec["initContainers"] = [fetch]
     spec["containers"] = [_server_container(llm, settings)]
+    if runtime_adapters(llm):
+        spec["containers"].append(_agent_container(llm, settings))
     spec["volumes"] = _volumes(llm)
     node_selector = _node_selector(llm)
     if node_selector:
@@ -391,18 +508,28 @@ def build_fetch_job(llm: LLMDeployment, settings: OperatorSettings) -> Manifest 
     """
     if not llm.spec.storage.shared:
         return None
-    engine = engine_of(llm)
+    fetch = _fetch_container(llm, settings, _job_mounts(engine_of(llm)))
+    return _download_job(llm, settings, fetch_job_name(llm), fetch, "model-fetch")
+
+
+def _download_job(
+    llm: LLMDeployment,
+    settings: OperatorSettings,
+    name: str,
+    fetch: dict[str, Any],
+    component: str,
+) -> Manifest:
+    """A Job running one fetch step against the shared cache, to completion, bounded."""
     pod_labels = {
         FETCH_LABEL: llm.name,
         "app.kubernetes.io/name": llm.spec.engine,
         "app.kubernetes.io/instance": llm.name,
-        "app.kubernetes.io/component": "model-fetch",
+        "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": "relais-operator",
     }
     pod = _pod_basics(settings)
     pod["restartPolicy"] = "Never"
     # The step's last log lines become a failed pod's message, which status then shows.
-    fetch = _fetch_container(llm, settings, _job_mounts(engine))
     fetch["terminationMessagePolicy"] = "FallbackToLogsOnError"
     pod["containers"] = [fetch]
     claim = {"claimName": shared_claim_name(llm)}
@@ -413,12 +540,60 @@ def build_fetch_job(llm: LLMDeployment, settings: OperatorSettings) -> Manifest 
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(llm, fetch_job_name(llm)),
+        "metadata": _metadata(llm, name),
         "spec": {
             "backoffLimit": settings.fetch_backoff_limit,
             "activeDeadlineSeconds": settings.fetch_timeout_seconds,
             "template": {"metadata": {"labels": pod_labels}, "spec": pod},
         },
+    }
+
+
+def build_adapter_jobs(llm: LLMDeployment, settings: OperatorSettings) -> list[Manifest]:
+    """One download Job per hf:// adapter on a shared cache (none for per-replica caches).
+
+    Each runs the engine's fetch step for the adapter's repo (RELAIS_MODEL, RELAIS_REVISION)
+    and links the snapshot at engines.adapter_link. They do not gate the replicas of engines
+    that load adapters at run time (the agent waits for the files); see `adapters_cached`.
+    """
+    engine = engine_of(llm)
+    jobs = []
+    for adapter in downloaded_adapters(llm):
+        env = {
+            **engine.cache_env,
+            "RELAIS_MODEL": adapter.hf_repo or "",
+            "RELAIS_REVISION": adapter.revision or "main",
+            "RELAIS_LINK": adapter_link(engine, adapter),
+        }
+        fetch = {
+            "name": FETCH_CONTAINER,
+            "image": _image(llm, settings),
+            "command": list(engine.adapter_fetch_command),
+            "env": _env(env) + _token_env(llm),
+            "volumeMounts": _job_mounts(engine),
+            "securityContext": _container_security(engine),
+        }
+        name = adapter_job_name(llm, adapter)
+        jobs.append(_download_job(llm, settings, name, fetch, "adapter-fetch"))
+    return jobs
+
+
+def build_adapters_config(llm: LLMDeployment, settings: OperatorSettings) -> Manifest | None:
+    """The ConfigMap `<name>-adapters` the adapter-agents read (run-time adapters only).
+
+    Key `adapters.json`: {"adapters": [{"name", "source", "revision"}]} in spec order.
+    """
+    del settings
+    if not runtime_adapters(llm):
+        return None
+    adapters = [
+        {"name": a.name, "source": a.source, "revision": a.revision} for a in llm.spec.adapters
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(llm, adapters_config_name(llm)),
+        "data": {ADAPTERS_KEY: json.dumps({"adapters": adapters}, indent=2) + "\n"},
     }
 
 
@@ -434,8 +609,10 @@ def job_reference(llm: LLMDeployment, name: str) -> Manifest:
 def build_children(
     llm: LLMDeployment, settings: OperatorSettings, *, cached: bool = False
 ) -> list[Manifest]:
-    """Every child in creation order: the shared cache and its Job (if shared), the Service,
-    the StatefulSet (see build_workload for `cached`)."""
+    """Every child in creation order: the shared cache and its Jobs (if shared), the adapters'
+    ConfigMap, the Service, the StatefulSet (see build_workload for `cached`)."""
     cache = [build_cache(llm, settings), build_fetch_job(llm, settings)]
-    serving = [build_service(llm, settings), build_workload(llm, settings, cached=cached)]
+    cache += build_adapter_jobs(llm, settings)
+    config = build_adapters_config(llm, settings)
+    serving = [config, build_service(llm, settings), build_workload(llm, settings, cached=cached)]
     return [child for child in (*cache, *serving) if child is not None]

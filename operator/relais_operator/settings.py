@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # kopf is imported where it runs (main.py decides what kopf m
     import kopf
 
 
+# The operator image of this release (the chart's appVersion; a test keeps them equal).
+DEFAULT_AGENT_IMAGE = "ghcr.io/relais-dev/relais-operator:0.1.0"
+
+
 class OperatorSettings(BaseSettings):
     """Every knob of the operator; each is also an env var, e.g. RELAIS_OPERATOR_NAMESPACES."""
 
@@ -34,6 +38,13 @@ class OperatorSettings(BaseSettings):
     ollama_image: str = ""
     tgi_image: str = ""
     vllm_image: str = ""
+    # The adapter-agent sidecar's image (vLLM pods with spec.lora): the operator's own image, which
+    # holds relais_operator.adapter_agent. The chart sets it to the operator image it deploys.
+    agent_image: str = DEFAULT_AGENT_IMAGE
+    # Seconds between two reads of the adapter agents' reports (GET <pod>:8001/adapters), and how
+    # long one read may take (a pod that does not answer in time is skipped this round).
+    adapter_poll_interval_s: float = Field(default=10.0, gt=0, le=300)
+    adapter_poll_timeout_s: float = Field(default=2.0, gt=0, le=30)
     # How long a replica may take to load its model before the kubelet restarts it.
     startup_timeout_seconds: int = Field(default=3600, ge=60)
     # Retries of a shared cache's download Job before it fails (FetchFailed); never unbounded.

@@ -46,6 +46,7 @@ def operator_problems(spec: LLMDeploymentSpec) -> list[str]:
         if flag in engine.managed_flags:
             problems.append(f"spec.args: {flag} is set by the operator; remove it from args")
     managed_env = {*engine.cache_env, *engine.serve_env, *engine.read_only_cache_env, "HF_TOKEN"}
+    managed_env |= engine.managed_env
     for var in spec.env:
         if var.name in managed_env:
             problems.append(f"spec.env: {var.name} is set by the operator; remove it from env")

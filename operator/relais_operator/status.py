@@ -2,7 +2,9 @@
 
 The handlers summarise the StatefulSet, the pods and (shared caches) the download Job
 (`workload_state`, `pod_state`, `job_state`) and call `compute()`; the result is written only
-when it differs from what the resource already shows.
+when it differs from what the resource already shows. LoRA adapters (`status.adapters`, the
+`AdaptersReady` condition) come from `AdapterInputs`: the adapter-agents' reports (polled by
+adapter_poll.py), the adapters' download Jobs, and name clashes with other LLMDeployments.
 Conditions follow metav1.Condition; lastTransitionTime moves only when a condition's status flips.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from relais_operator import parsers, resources
@@ -19,6 +21,7 @@ from relais_operator.spec import LLMDeployment
 
 READY = "Ready"
 MODEL_CACHE_READY = "ModelCacheReady"
+ADAPTERS_READY = "AdaptersReady"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,16 @@ class PodState:
     fetch: str = "waiting"  # waiting | fetching | done | failed
     fetch_message: str = ""
     ready: bool = False
+    ip: str = ""
+    agent_port: int | None = None  # the adapter-agent's port, in pods that run one
+
+    @property
+    def agent_url(self) -> str | None:
+        """Where this pod's adapter-agent reports, once the pod is ready and has an IP."""
+        if not (self.ready and self.ip and self.agent_port):
+            return None
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{self.agent_port}/adapters"
 
 
 @dataclass(frozen=True)
@@ -188,7 +201,160 @@ def pod_state(body: Mapping[str, Any]) -> PodState:
         fetch=fetch,
         fetch_message=message,
         ready=ready,
+        ip=str(status.get("podIP") or ""),
+        agent_port=_agent_port(body.get("spec") or {}),
     )
+
+
+def _agent_port(spec: Mapping[str, Any]) -> int | None:
+    for container in spec.get("containers") or []:
+        if container.get("name") != resources.AGENT_CONTAINER:
+            continue
+        for port in container.get("ports") or []:
+            if port.get("name") == resources.AGENT_PORT_NAME:
+                return int(port.get("containerPort") or 0) or None
+    return None
+
+
+# --- adapters ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    """What one pod's adapter-agent says about one adapter (GET /adapters)."""
+
+    name: str
+    state: str  # Downloading | Loading | Ready | Failed
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class AdapterInputs:
+    """Everything status.adapters is computed from, gathered by the handlers."""
+
+    # Ready pod name -> its agent's report (pods whose agent did not answer are absent).
+    reports: Mapping[str, Sequence[AgentReport]] = field(default_factory=dict)
+    # Adapter name -> its download Job (shared caches, hf:// sources).
+    jobs: Mapping[str, JobState] = field(default_factory=dict)
+    # Adapter name -> why its name clashes with another LLMDeployment's.
+    conflicts: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_reports(payload: Any) -> list[AgentReport]:
+    """An agent's `{"adapters": [{"name", "state", "message"}]}`; anything else is ignored."""
+    items = payload.get("adapters") if isinstance(payload, Mapping) else None
+    found = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            state = str(item.get("state") or "Pending")
+            message = str(item.get("message") or "")
+            found.append(AgentReport(name=item["name"], state=state, message=message))
+    return found
+
+
+def adapter_conflicts(llm: LLMDeployment, others: Iterable[LLMDeployment]) -> dict[str, str]:
+    """Adapters whose name another LLMDeployment serves, or declares as an adapter too."""
+    result: dict[str, str] = {}
+    for other in sorted(others, key=lambda o: (o.namespace, o.name)):
+        if (other.namespace, other.name) == (llm.namespace, llm.name):
+            continue
+        where = f"LLMDeployment {other.namespace}/{other.name}"
+        theirs = {adapter.name for adapter in other.spec.adapters}
+        for adapter in llm.spec.adapters:
+            if adapter.name in result:
+                continue
+            if adapter.name == other.spec.effective_served_model_name:
+                result[adapter.name] = (
+                    f"{adapter.name!r} is the served model name of {where}; the gateway routes"
+                    " that name to it, not to this adapter: rename the adapter"
+                )
+            elif adapter.name in theirs:
+                result[adapter.name] = (
+                    f"{where} declares an adapter named {adapter.name!r} too; the gateway"
+                    " cannot tell them apart: rename one of them"
+                )
+    return result
+
+
+def _entry(name: str, state: str, message: str, ready: int = 0) -> dict[str, Any]:
+    return {"name": name, "state": state, "message": message, "readyReplicas": ready}
+
+
+def _from_agents(
+    name: str, reports: Mapping[str, Sequence[AgentReport]], job: JobState | None
+) -> dict[str, Any]:
+    """One run-time adapter's state from the agents of the ready replicas."""
+    seen = [(pod, r) for pod, rs in sorted(reports.items()) for r in rs if r.name == name]
+    ready = sum(report.state == "Ready" for _, report in seen)
+    failed = [(pod, report) for pod, report in seen if report.state == "Failed"]
+    if ready:
+        message = f"loaded on {ready} of {len(reports)} ready replica(s)"
+        if failed:
+            message += f"; {failed[0][0]}: {failed[0][1].message}"
+        return _entry(name, "Ready", message, ready)
+    if failed:
+        pod, report = failed[0]
+        return _entry(name, "Failed", f"{pod}: {report.message or 'failed'}")
+    if job is not None and not job.succeeded:
+        problem = f" ({job.problem})" if job.problem else ""
+        return _entry(name, "Downloading", f"Job {job.name} is downloading it{problem}")
+    for state in ("Loading", "Downloading"):
+        busy = [(pod, report) for pod, report in seen if report.state == state]
+        if busy:
+            pod, report = busy[0]
+            return _entry(name, state, f"{pod}: {report.message or state.lower()}")
+    if not reports:
+        return _entry(name, "Pending", "waiting for a ready replica's adapter-agent to report")
+    return _entry(name, "Pending", "not reported by any adapter-agent yet")
+
+
+def _at_start(name: str, ready: int, job: JobState | None) -> dict[str, Any]:
+    """One start-time adapter (Ollama, TGI): every ready replica loaded it when it started."""
+    if job is not None and not job.succeeded:
+        return _entry(name, "Downloading", f"Job {job.name} is downloading it")
+    if ready:
+        return _entry(name, "Ready", f"loaded at start on {ready} ready replica(s)", ready)
+    return _entry(name, "Pending", "loaded when a replica starts")
+
+
+def adapter_statuses(
+    llm: LLMDeployment, workload: WorkloadState | None, inputs: AdapterInputs
+) -> list[dict[str, Any]]:
+    """status.adapters, in spec order."""
+    result = []
+    ready = workload.ready_replicas if workload else 0
+    for adapter in llm.spec.adapters:
+        job = inputs.jobs.get(adapter.name)
+        if adapter.name in inputs.conflicts:
+            result.append(_entry(adapter.name, "Conflict", inputs.conflicts[adapter.name]))
+        elif job is not None and job.phase == "failed":
+            problem = f"; {job.problem}" if job.problem else ""
+            message = f"download Job {job.name} failed: {job.message}{problem}"
+            result.append(_entry(adapter.name, "Failed", message))
+        elif resources.runtime_adapters(llm):
+            result.append(_from_agents(adapter.name, inputs.reports, job))
+        else:
+            result.append(_at_start(adapter.name, ready, job))
+    return result
+
+
+def _adapters_condition(statuses: Sequence[Mapping[str, Any]]) -> tuple[str, str, str]:
+    """(status, reason, message) of AdaptersReady."""
+    total = len(statuses)
+    waiting = [entry for entry in statuses if entry["state"] != "Ready"]
+    counts = f"{total - len(waiting)}/{total} adapters ready"
+    if not waiting:
+        return "True", "AllAdaptersReady", counts
+    states = {entry["state"] for entry in waiting}
+    reason = (
+        "AdapterConflict"
+        if "Conflict" in states
+        else "AdapterFailed"
+        if "Failed" in states
+        else "AdaptersLoading"
+    )
+    details = [f"{e['name']}: {e['state']}: {e['message']}".rstrip(": ") for e in waiting[:5]]
+    return "False", reason, "; ".join([counts, *details])
 
 
 def condition(
@@ -295,21 +461,24 @@ def compute(
     now: str,
     fetch: JobState | None = None,
     autoscaling: Mapping[str, Any] | None = None,
+    adapters: AdapterInputs | None = None,
 ) -> dict[str, Any]:
     """The whole status of a valid LLMDeployment (`fetch`: a shared cache's download Job;
-    `autoscaling`: the autoscaler's view, shown while spec.autoscaling is set)."""
+    `autoscaling`: the autoscaler's view, shown while spec.autoscaling is set; `adapters`:
+    what status.adapters is made of, shown while spec.adapters is not empty)."""
     old = previous.get("conditions") or []
     shared = llm.spec.storage.shared
     phase, ready, reason, message = _readiness(llm.spec.replicas, workload, pods, fetch, shared)
     cache = _shared_cache(llm, fetch) if shared else _cache(workload, pods)
     cache_status, cache_reason, cache_message = cache
     gen = llm.generation
-    result = {
+    conditions = [
+        condition(READY, ready, reason, message, gen, old, now),
+        condition(MODEL_CACHE_READY, cache_status, cache_reason, cache_message, gen, old, now),
+    ]
+    result: dict[str, Any] = {
         "phase": phase,
-        "conditions": [
-            condition(READY, ready, reason, message, gen, old, now),
-            condition(MODEL_CACHE_READY, cache_status, cache_reason, cache_message, gen, old, now),
-        ],
+        "conditions": conditions,
         "replicas": workload.replicas if workload else 0,
         "readyReplicas": workload.ready_replicas if workload else 0,
         "selector": resources.selector_string(llm),
@@ -322,6 +491,13 @@ def compute(
         # What the server was started with: a model family the table does not know shows none.
         result["toolCallParser"] = parsers.tool_call_parser(llm.spec)
         result["reasoningParser"] = parsers.reasoning_parser(llm.spec)
+    if llm.spec.adapters:
+        entries = adapter_statuses(llm, workload, adapters or AdapterInputs())
+        result["adapters"] = entries
+        state, why, text = _adapters_condition(entries)
+        conditions.append(condition(ADAPTERS_READY, state, why, text, gen, old, now))
+    elif previous.get("adapters") is not None:
+        result["adapters"] = None  # adapters all removed: a merge patch removes the list
     if llm.spec.autoscaling is not None and autoscaling is not None:
         result["autoscaling"] = dict(autoscaling)
     elif llm.spec.autoscaling is None and previous.get("autoscaling") is not None:

@@ -68,6 +68,55 @@ CASES: dict[str, dict[str, Any]] = {
             "retainOnDelete": False,
         },
     },
+    # LoRA adapters. vLLM: run time (ConfigMap + adapter-agent); the pod has no adapter in it.
+    "vllm-adapters": {
+        "engine": "vllm",
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "servedModelName": "qwen-7b",
+        "replicas": 2,
+        "gpu": {"count": 1, "type": "nvidia-l4"},
+        "hfTokenSecretRef": {"name": "hf-token"},
+        "lora": {"maxAdapters": 8, "maxRank": 32},
+        "adapters": [
+            {
+                "name": "support-bot",
+                "source": "hf://acme/qwen2.5-7b-support-lora",
+                "revision": "v2",
+            },
+            {"name": "sql-writer", "source": "adapters/sql-writer"},
+        ],
+    },
+    # A shared cache: each hf:// adapter has its download Job; the agents read the cache only.
+    "vllm-adapters-shared": {
+        "engine": "vllm",
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "replicas": 2,
+        "gpu": {"count": 1},
+        "lora": {},
+        "adapters": [{"name": "support-bot", "source": "hf://acme/qwen2.5-7b-support-lora"}],
+        "storage": {"size": "100Gi", "accessMode": "ReadWriteMany"},
+    },
+    # Ollama: derived models created at start from cache paths.
+    "ollama-adapters": {
+        "engine": "ollama",
+        "model": "qwen2.5:7b-instruct",
+        "gpu": {"count": 1},
+        "adapters": [
+            {"name": "support-bot", "source": "adapters/support-bot"},
+            {"name": "sql-writer", "source": "adapters/sql-writer.gguf"},
+        ],
+    },
+    # TGI: LORA_ADAPTERS at start; the fetch step downloads and links the hf:// one.
+    "tgi-adapters": {
+        "engine": "tgi",
+        "model": "google/gemma-2-2b-it",
+        "gpu": {"count": 1},
+        "hfTokenSecretRef": {"name": "hf-token"},
+        "adapters": [
+            {"name": "support-bot", "source": "hf://acme/gemma-support-lora", "revision": "main"},
+            {"name": "sql-writer", "source": "adapters/sql-writer"},
+        ],
+    },
 }
 
 

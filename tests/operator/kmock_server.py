@@ -30,6 +30,7 @@ RESOURCES = {
     "v1/persistentvolumeclaims": ("PersistentVolumeClaim", True, {"status"}),
     "v1/pods": ("Pod", True, {"status"}),
     "batch/v1/jobs": ("Job", True, {"status"}),
+    "v1/configmaps": ("ConfigMap", True, set()),
     "v1/events": ("Event", True, set()),
     "v1/namespaces": ("Namespace", False, {"status"}),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False, set()),

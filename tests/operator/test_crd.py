@@ -230,6 +230,30 @@ def test_example_secret_is_a_placeholder() -> None:
         {"engine": "vllm", "model": "a/b", "toolCallParser": "Hermes"},
         {"engine": "vllm", "model": "a/b", "reasoningParser": "--x"},
         {"engine": "vllm", "model": "a/b", "toolCallParser": "x" * 65},
+        {
+            "engine": "vllm",
+            "model": "a/b",
+            "lora": {},
+            "adapters": [{"name": "Bot", "source": "a"}],
+        },
+        {"engine": "vllm", "model": "a/b", "lora": {}, "adapters": [{"name": "-b", "source": "a"}]},
+        {
+            "engine": "vllm",
+            "model": "a/b",
+            "lora": {},
+            "adapters": [{"name": "a" * 64, "source": "a"}],
+        },
+        {"engine": "vllm", "model": "a/b", "lora": {}, "adapters": [{"name": "b"}]},
+        {"engine": "vllm", "model": "a/b", "lora": {}, "adapters": [{"name": "b", "source": ""}]},
+        {
+            "engine": "vllm",
+            "model": "a/b",
+            "lora": {},
+            "adapters": [{"name": f"a{i}", "source": "x"} for i in range(65)],
+        },
+        {"engine": "vllm", "model": "a/b", "lora": {"maxRank": 24}},
+        {"engine": "vllm", "model": "a/b", "lora": {"maxAdapters": 0}},
+        {"engine": "vllm", "model": "a/b", "lora": {"maxAdapters": 257}},
     ],
 )
 def test_schema_rejects_bad_specs(spec: dict[str, Any]) -> None:
@@ -318,11 +342,119 @@ def test_access_mode_cannot_change() -> None:
     assert not _cel(rule["rule"], rwx, rwo)
 
 
+# --- adapters and lora ---------------------------------------------------------------------------
+
+_HF = {"name": "support-bot", "source": "hf://acme/qwen-support-lora", "revision": "main"}
+_PATH = {"name": "sql", "source": "adapters/sql-writer"}
+_VLLM = {"engine": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct", "servedModelName": "qwen"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "ok"),
+    [
+        ({**_VLLM, "lora": {}, "adapters": [_HF, _PATH]}, True),
+        ({**_VLLM, "lora": {"maxAdapters": 8, "maxRank": 16}}, True),
+        ({**_VLLM, "lora": {}, "adapters": []}, True),
+        # lora only with vllm
+        ({"engine": "tgi", "model": "a/b", "lora": {}}, False),
+        ({"engine": "ollama", "model": "m", "lora": {}}, False),
+        # vllm adapters need lora (the pod template must not change with the adapters)
+        ({**_VLLM, "adapters": [_HF]}, False),
+        # ollama: cache paths only
+        ({"engine": "ollama", "model": "qwen2.5:0.5b", "adapters": [_PATH]}, True),
+        ({"engine": "ollama", "model": "qwen2.5:0.5b", "adapters": [_HF]}, False),
+        # TGI takes both
+        ({"engine": "tgi", "model": "a/b", "adapters": [_HF, _PATH]}, True),
+        # an adapter must not shadow the deployment's own served name
+        ({**_VLLM, "lora": {}, "adapters": [{"name": "qwen", "source": "x"}]}, False),
+        (
+            {
+                "engine": "ollama",
+                "model": "llama3",
+                "adapters": [{"name": "llama3", "source": "adapters/x"}],
+            },
+            False,
+        ),
+    ],
+)
+def test_adapter_spec_rules_cel_and_python_agree(spec: dict[str, Any], ok: bool) -> None:
+    assert _schema_errors(_resource(spec)) == []
+    assert _spec_rules_pass(spec) is ok
+    assert _python_accepts(spec) is ok
+
+
+_ADAPTER_RULES = ("spec", "adapters", "[]")
+
+
+@pytest.mark.parametrize(
+    ("adapter", "ok"),
+    [
+        ({"name": "a", "source": "hf://acme/repo"}, True),
+        ({"name": "a", "source": "hf://acme/repo", "revision": "v1"}, True),
+        ({"name": "a", "source": "adapters/support-bot"}, True),
+        ({"name": "a", "source": "support_bot"}, True),
+        ({"name": "a", "source": "/etc/passwd"}, False),
+        ({"name": "a", "source": "adapters/../../etc"}, False),
+        ({"name": "a", "source": ".."}, False),
+        ({"name": "a", "source": "adapters/./x"}, False),
+        ({"name": "a", "source": "adapters//x"}, False),
+        ({"name": "a", "source": "adapters/x/"}, False),
+        ({"name": "a", "source": "s3://bucket/x"}, False),
+        ({"name": "a", "source": "hf://acme"}, False),
+        ({"name": "a", "source": "hf://acme/repo/extra"}, False),
+        ({"name": "a", "source": "a b"}, False),
+        ({"name": "a", "source": "a,b=c"}, False),
+        ({"name": "a", "source": "adapters/x", "revision": "main"}, False),
+    ],
+)
+def test_adapter_rules_cel_and_python_agree(adapter: dict[str, Any], ok: bool) -> None:
+    rules = [rule for path, rule in _rules(SCHEMA) if path == _ADAPTER_RULES]
+    assert all(_cel(rule["rule"], adapter) for rule in rules) is ok
+    spec = {"engine": "tgi", "model": "a/b", "adapters": [adapter]}
+    assert _python_accepts(spec) is ok
+
+
+def test_adapter_messages_are_readable() -> None:
+    spec = {"engine": "ollama", "model": "m", "adapters": [{"name": "x", "source": "hf://a/b"}]}
+    with pytest.raises(InvalidSpecError, match="with engine ollama, adapter sources must be"):
+        LLMDeployment.from_body({"metadata": {"name": "m", "namespace": "d"}, "spec": spec})
+    bad = {"engine": "tgi", "model": "a/b", "adapters": [{"name": "x", "source": "../up"}]}
+    with pytest.raises(InvalidSpecError, match=r"spec.adapters.0: Value error|source must be"):
+        LLMDeployment.from_body({"metadata": {"name": "m", "namespace": "d"}, "spec": bad})
+
+
+def test_adapter_names_are_unique() -> None:
+    """The CRD's list-map key (the API server enforces it); the Python mirror says so too."""
+    adapters = SPEC_SCHEMA["properties"]["adapters"]
+    assert adapters["x-kubernetes-list-type"] == "map"
+    assert adapters["x-kubernetes-list-map-keys"] == ["name"]
+    twice = [{"name": "a", "source": "x"}, {"name": "a", "source": "y"}]
+    spec = {**_VLLM, "lora": {}, "adapters": twice}
+    with pytest.raises(InvalidSpecError, match="duplicate name"):
+        LLMDeployment.from_body({"metadata": {"name": "m", "namespace": "d"}, "spec": spec})
+
+
+def test_adapter_schema_matches_the_python_model() -> None:
+    props = SPEC_SCHEMA["properties"]
+    name = props["adapters"]["items"]["properties"]["name"]
+    assert name["pattern"] == api_module.ADAPTER_NAME_PATTERN
+    assert props["adapters"]["maxItems"] == api_module.MAX_ADAPTERS
+    lora = props["lora"]["properties"]
+    assert tuple(lora["maxRank"]["enum"]) == api_module.LORA_RANKS
+    literal = typing.get_args(api_module.LoRA.model_fields["max_rank"].annotation)
+    assert literal == api_module.LORA_RANKS
+    defaults = _apply_defaults(props["lora"], {})
+    assert defaults == api_module.LoRA().model_dump(by_alias=True)
+    states = SCHEMA["properties"]["status"]["properties"]["adapters"]["items"]["properties"]
+    assert tuple(states["state"]["enum"]) == typing.get_args(api_module.AdapterState)
+
+
 def test_every_rule_is_tested() -> None:
     """A new CEL rule needs a test here: this list is the set the tests above exercise."""
     tested = {
         (): 1,
-        ("spec",): 7,
+        ("spec",): 11,
+        ("spec", "adapters", "[]"): 2,
         ("spec", "storage"): 1,
         ("spec", "autoscaling"): 1,
         ("spec", "env", "[]"): 1,

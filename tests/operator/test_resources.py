@@ -5,6 +5,7 @@ Regenerate the goldens after an intended change: RELAIS_UPDATE_GOLDEN=1 pytest t
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import Any
@@ -360,3 +361,135 @@ def test_builder_invariants(name: str, spec: dict[str, Any]) -> None:
     # The Service port named http is the engine's port.
     [port] = resources.build_service(llm, SETTINGS)["spec"]["ports"]
     assert (port["name"], port["port"]) == ("http", ENGINES[spec["engine"]].port)
+
+
+# --- LoRA adapters -------------------------------------------------------------------------------
+
+
+def _template(case: str, **changes: Any) -> dict[str, Any]:
+    template: dict[str, Any] = resources.build_workload(
+        make("llm", {**CASES[case], **changes}), SETTINGS
+    )["spec"]["template"]
+    return template
+
+
+@pytest.mark.parametrize("case", ["vllm-adapters", "vllm-adapters-shared"])
+def test_vllm_adapters_never_change_the_pod_template(case: str) -> None:
+    """Adding, removing or changing adapters touches the ConfigMap (and Jobs) only."""
+    before = _template(case)
+    for adapters in (
+        [],
+        [{"name": "new", "source": "hf://acme/new-lora"}],
+        [{"name": "support-bot", "source": "hf://acme/other", "revision": "v9"}],
+    ):
+        assert _template(case, adapters=adapters) == before
+    configs = {
+        json.dumps(
+            resources.build_adapters_config(make("llm", {**CASES[case], "adapters": a}), SETTINGS)
+        )
+        for a in ([], [{"name": "new", "source": "x"}])
+    }
+    assert len(configs) == 2
+
+
+def test_start_time_adapters_roll_the_replicas() -> None:
+    for case in ("tgi-adapters", "ollama-adapters"):
+        assert _template(case) != _template(case, adapters=[])
+
+
+def test_adapters_config_and_agent() -> None:
+    llm = make("qwen", CASES["vllm-adapters"])
+    config = resources.build_adapters_config(llm, SETTINGS)
+    assert config is not None
+    assert config["metadata"]["name"] == "qwen-adapters"
+    assert json.loads(config["data"]["adapters.json"]) == {
+        "adapters": [
+            {
+                "name": "support-bot",
+                "source": "hf://acme/qwen2.5-7b-support-lora",
+                "revision": "v2",
+            },
+            {"name": "sql-writer", "source": "adapters/sql-writer", "revision": None},
+        ]
+    }
+    pod = resources.build_workload(llm, SETTINGS)["spec"]["template"]["spec"]
+    server, agent = pod["containers"]
+    assert agent["name"] == "adapter-agent"
+    assert agent["command"] == ["python", "-m", "relais_operator.adapter_agent"]
+    assert agent["ports"] == [{"name": "agent", "containerPort": 8001, "protocol": "TCP"}]
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert env["RELAIS_ADAPTERS_FILE"] == "/etc/relais/adapters/adapters.json"
+    assert env["RELAIS_ENGINE_URL"] == "http://127.0.0.1:8000"
+    assert env["RELAIS_CACHE_PATH"] == "/data"
+    assert "RELAIS_CACHE_READ_ONLY" not in env
+    assert "HF_TOKEN" in env  # per-replica caches: the agent downloads
+    mount = {"name": "adapters", "mountPath": "/etc/relais/adapters", "readOnly": True}
+    assert mount in agent["volumeMounts"]
+    assert {"name": "adapters", "configMap": {"name": "qwen-adapters"}} in pod["volumes"]
+    args = server["args"]
+    assert args[args.index("--max-loras") + 1] == "8"
+    assert args[args.index("--max-lora-rank") + 1] == "32"
+    assert "--enable-lora" in args
+    server_env = {e["name"]: e.get("value") for e in server["env"]}
+    assert server_env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+def test_shared_cache_agent_reads_only_and_jobs_download() -> None:
+    llm = make("qwen", CASES["vllm-adapters-shared"])
+    agent = resources.build_workload(llm, SETTINGS)["spec"]["template"]["spec"]["containers"][1]
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert env["RELAIS_CACHE_READ_ONLY"] == "1"
+    assert {"name": "models", "mountPath": "/data", "readOnly": True} in agent["volumeMounts"]
+    [job] = resources.build_adapter_jobs(llm, SETTINGS)
+    [adapter] = llm.spec.adapters
+    assert job["metadata"]["name"] == resources.adapter_job_name(llm, adapter)
+    assert job["metadata"]["name"].startswith("qwen-adapter-")
+    job_env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert job_env["RELAIS_MODEL"] == "acme/qwen2.5-7b-support-lora"
+    assert job_env["RELAIS_REVISION"] == "main"
+    # Adapter Jobs never gate the StatefulSet of run-time engines (only the model's Job does).
+    rwo = make("qwen", {**CASES["vllm-adapters-shared"], "storage": {}})
+    assert resources.build_adapter_jobs(rwo, SETTINGS) == []
+
+
+def test_lora_off_means_no_agent_and_no_config() -> None:
+    llm = make("qwen", CASES["vllm-2gpu"])
+    assert resources.build_adapters_config(llm, SETTINGS) is None
+    pod = resources.build_workload(llm, SETTINGS)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["model-server"]
+    assert "--enable-lora" not in pod["containers"][0]["args"]
+
+
+def test_long_names_give_short_adapter_job_names() -> None:
+    name = "a" * 52
+    llm = make(name, CASES["vllm-adapters-shared"])
+    [job] = resources.build_adapter_jobs(llm, SETTINGS)
+    assert len(job["metadata"]["name"]) <= 63
+
+
+@pytest.mark.parametrize("arg", ["--enable-lora", "--max-loras=2", "--max-lora-rank"])
+def test_vllm_rejects_lora_flags_it_sets(arg: str) -> None:
+    spec = {**CASES["vllm-adapters"], "args": [arg]}
+    with pytest.raises(InvalidSpecError, match="is set by the operator"):
+        make("q", spec)
+
+
+@pytest.mark.parametrize(
+    ("case", "var"),
+    [
+        ("vllm-adapters", "VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
+        ("tgi-adapters", "LORA_ADAPTERS"),
+        ("ollama-adapters", "RELAIS_ADAPTERS"),
+    ],
+)
+def test_adapter_env_is_managed(case: str, var: str) -> None:
+    with pytest.raises(InvalidSpecError, match=f"{var} is set by the operator"):
+        make("q", {**CASES[case], "env": [{"name": var, "value": "x"}]})
+
+
+def test_agent_image_default_is_this_release() -> None:
+    chart = yaml.safe_load((GOLDEN.parents[1] / ".." / "charts/relais/Chart.yaml").read_text())
+    assert SETTINGS.agent_image.endswith(f":{chart['appVersion']}")
+    assert OperatorSettings(agent_image="mirror/op:1").agent_image == "mirror/op:1"

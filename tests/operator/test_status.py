@@ -289,3 +289,146 @@ def test_turning_autoscaling_off_removes_the_view() -> None:
     gone = status.compute(llm, SETTINGS, None, [], {"autoscaling": VIEW}, T0, None, VIEW)
     assert gone["autoscaling"] is None  # a merge patch deletes the key
     assert "autoscaling" not in status.compute(llm, SETTINGS, None, [], {}, T0, None, VIEW)
+
+
+# --- adapters ------------------------------------------------------------------------------------
+
+_SCHEMA = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+_STATUS = jsonschema.Draft7Validator(_SCHEMA["properties"]["status"])
+
+
+def _adapters(
+    case: str, inputs: status.AdapterInputs | None, ready: int = 2, **changes: Any
+) -> dict[str, Any]:
+    llm = make("qwen", {**CASES[case], **changes})
+    workload = WorkloadState(replicas=2, ready_replicas=ready)
+    result = status.compute(llm, SETTINGS, workload, [], {}, T0, adapters=inputs)
+    _STATUS.validate(result)
+    return result
+
+
+def _cond(result: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in result["conditions"] if c["type"] == type_), None)
+
+
+def test_agent_reports_make_adapter_states() -> None:
+    ok = status.AgentReport("support-bot", "Ready")
+    reports = {
+        "qwen-0": [ok, status.AgentReport("sql-writer", "Failed", "adapter_config.json missing")],
+        "qwen-1": [ok, status.AgentReport("sql-writer", "Loading")],
+    }
+    result = _adapters("vllm-adapters", status.AdapterInputs(reports=reports))
+    assert result["adapters"] == [
+        {
+            "name": "support-bot",
+            "state": "Ready",
+            "message": "loaded on 2 of 2 ready replica(s)",
+            "readyReplicas": 2,
+        },
+        {
+            "name": "sql-writer",
+            "state": "Failed",
+            "message": "qwen-0: adapter_config.json missing",
+            "readyReplicas": 0,
+        },
+    ]
+    cond = _cond(result, "AdaptersReady")
+    assert cond is not None
+    assert (cond["status"], cond["reason"]) == ("False", "AdapterFailed")
+    assert "sql-writer: Failed: qwen-0: adapter_config.json missing" in cond["message"]
+    # The deployment itself is unaffected.
+    assert (result["phase"], _ready(result)["status"]) == ("Ready", "True")
+
+
+def test_all_adapters_ready_and_none_declared() -> None:
+    ready = [status.AgentReport("support-bot", "Ready"), status.AgentReport("sql-writer", "Ready")]
+    result = _adapters("vllm-adapters", status.AdapterInputs(reports={"qwen-0": ready}))
+    cond = _cond(result, "AdaptersReady")
+    assert cond is not None
+    assert (cond["status"], cond["reason"], cond["message"]) == (
+        "True",
+        "AllAdaptersReady",
+        "2/2 adapters ready",
+    )
+    none = _adapters("vllm-2gpu", None)
+    assert _cond(none, "AdaptersReady") is None
+    assert "adapters" not in none
+    llm = make("qwen", CASES["vllm-adapters"])
+    removed = status.compute(
+        make("qwen", {**CASES["vllm-adapters"], "adapters": []}),
+        SETTINGS,
+        None,
+        [],
+        {"adapters": status.adapter_statuses(llm, None, status.AdapterInputs())},
+        T0,
+    )
+    assert removed["adapters"] is None  # a merge patch drops the list
+
+
+def test_no_report_yet_is_pending() -> None:
+    result = _adapters("vllm-adapters", status.AdapterInputs())
+    assert [a["state"] for a in result["adapters"]] == ["Pending", "Pending"]
+    cond = _cond(result, "AdaptersReady")
+    assert cond is not None
+    assert cond["reason"] == "AdaptersLoading"
+
+
+def test_adapter_jobs_on_a_shared_cache() -> None:
+    failed = status.JobState(name="qwen-adapter-1", phase="failed", message="401 Unauthorized")
+    result = _adapters("vllm-adapters-shared", status.AdapterInputs(jobs={"support-bot": failed}))
+    [entry] = result["adapters"]
+    assert entry["state"] == "Failed"
+    assert "qwen-adapter-1 failed: 401 Unauthorized" in entry["message"]
+    running = status.JobState(name="qwen-adapter-1")
+    result = _adapters("vllm-adapters-shared", status.AdapterInputs(jobs={"support-bot": running}))
+    assert result["adapters"][0]["state"] == "Downloading"
+
+
+def test_start_time_adapters_follow_the_replicas() -> None:
+    result = _adapters("ollama-adapters", status.AdapterInputs())
+    assert {a["state"] for a in result["adapters"]} == {"Ready"}
+    assert result["adapters"][0]["readyReplicas"] == 2
+    assert "loaded at start" in result["adapters"][0]["message"]
+    cold = _adapters("tgi-adapters", status.AdapterInputs(), ready=0)
+    assert {a["state"] for a in cold["adapters"]} == {"Pending"}
+
+
+def test_name_clashes_are_conflicts() -> None:
+    llm = make("qwen", CASES["vllm-adapters"])
+    other = make("other", {**CASES["ollama-l4"], "model": "support-bot"})
+    third = make("third", CASES["tgi-adapters"])  # declares sql-writer and support-bot too
+    conflicts = status.adapter_conflicts(llm, [llm, other, third])
+    assert set(conflicts) == {"support-bot", "sql-writer"}
+    assert "served model name of LLMDeployment models/other" in conflicts["support-bot"]
+    assert "LLMDeployment models/third declares an adapter" in conflicts["sql-writer"]
+    result = _adapters("vllm-adapters", status.AdapterInputs(conflicts=conflicts))
+    assert {a["state"] for a in result["adapters"]} == {"Conflict"}
+    cond = _cond(result, "AdaptersReady")
+    assert cond is not None
+    assert cond["reason"] == "AdapterConflict"
+    assert status.adapter_conflicts(llm, [llm]) == {}
+
+
+def test_agent_reports_parse_defensively() -> None:
+    assert status.parse_reports({"adapters": [{"name": "a", "state": "Ready"}]}) == [
+        status.AgentReport("a", "Ready")
+    ]
+    for junk in (None, [], {"adapters": "x"}, {"adapters": [1, {"state": "Ready"}]}):
+        assert status.parse_reports(junk) == []
+
+
+def test_pod_state_finds_the_agent() -> None:
+    pod = {
+        "metadata": {"name": "qwen-0"},
+        "spec": {
+            "containers": [
+                {"name": "model-server"},
+                {"name": "adapter-agent", "ports": [{"name": "agent", "containerPort": 8001}]},
+            ]
+        },
+        "status": {"podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    state = status.pod_state(pod)
+    assert state.agent_url == "http://10.0.0.7:8001/adapters"
+    unready = status.pod_state({**pod, "status": {"podIP": "10.0.0.7"}})
+    assert unready.agent_url is None
