@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 from pydantic import ValidationError
-from relais_api import LLMDeploymentSpec, describe
+from relais_api import AdapterStatus, LLMDeploymentSpec, describe
 
 from relais_gateway.registry import Adapter, Backend, MemorySource
 
@@ -134,25 +134,18 @@ def _backend(llmd: Obj, by_service: Mapping[tuple[str, str], list[Obj]]) -> Back
 
 def adapters(llmd: Obj, spec: LLMDeploymentSpec) -> tuple[Adapter, ...]:
     """The deployment's adapters (`spec.adapters`), with the state and message the operator
-    reports for each in `status.adapters` (Failed ones are answered 503 with that message)."""
-    declared = getattr(spec, "adapters", None)
-    if declared is None:  # a relais_api without adapters yet: read the raw object
-        raw = (llmd.get("spec") or {}).get("adapters") or ()
-        names = [str(a["name"]) for a in raw if isinstance(a, dict) and a.get("name")]
-    else:
-        names = [a.name for a in declared]
-    reported = {
-        str(a.get("name")): a
-        for a in (llmd.get("status") or {}).get("adapters") or ()
-        if isinstance(a, dict)
-    }
+    reports for each in `status.adapters` (a Failed one is answered 503 with that message)."""
+    reported = {}
+    for entry in (llmd.get("status") or {}).get("adapters") or ():
+        try:
+            status = AdapterStatus.model_validate(entry)
+        except ValidationError:
+            continue  # a status this gateway cannot read says nothing; the spec still holds
+        reported[status.name] = status
+    found = [(a.name, reported.get(a.name)) for a in spec.adapters]
     return tuple(
-        Adapter(
-            name,
-            str((reported.get(name) or {}).get("state") or ""),
-            str((reported.get(name) or {}).get("message") or "")[:500],
-        )
-        for name in names
+        Adapter(name, status.state, status.message[:500]) if status else Adapter(name)
+        for name, status in found
     )
 
 
