@@ -8,8 +8,10 @@ gateway replica maps a prefix to the same engine replica without sharing any sta
 A request for a LoRA adapter under PrefixHash is adapter-affine (`Affinity`): an engine holds only
 a few adapters in its GPU slots, and bringing in another costs time, so each adapter has a home
 replica, the same in every gateway (`homes`: rendezvous hashing of the adapter's name over the
-deployment's ready replicas, at most ceil(adapters / replicas) adapters per home). Past the load
-bound it spills over first to replicas where this gateway sent the adapter recently (where it is
+deployment's ready replicas, at most ceil(adapters / replicas) adapters per home). A spill costs
+a load on another replica and evicts one of its adapters (real vLLM holds a request for an
+adapter outside its slots until one frees), so adapter requests stay home up to `ADAPTER_SLACK`
+times the plain load bound. Past it they spill over first to replicas where this gateway sent the adapter recently (where it is
 likely still in a slot), then to the rest, each group in the ring order of adapter + prefix, so a
 conversation that spills keeps to one replica too. The candidates are only the replicas that
 have loaded the adapter (`adapters.py`); LeastLoad stays plain least-load among them.
@@ -34,6 +36,8 @@ VIRTUAL_NODES = 128
 """Points per replica on the ring: enough that shares stay within a few % of even."""
 
 LEAST_LOAD = Routing(strategy="LeastLoad")
+ADAPTER_SLACK = 2.0
+"""Adapter requests may load their home up to this many times the PrefixHash load bound."""
 ACTIVE_S = 30.0
 """How long after its last request an adapter counts as recently active on a replica."""
 MAX_CACHED = 256
@@ -182,11 +186,13 @@ class Balancer:
             ring = self._rings[key] = Ring(key)
         return ring
 
-    def _bounded(self, replicas: Sequence[str], order: list[str], policy: Routing) -> str:
+    def _bounded(
+        self, replicas: Sequence[str], order: list[str], policy: Routing, slack: float = 1.0
+    ) -> str:
         """The first of `order` under the load bound; least-load of them when all are at it."""
         load = self.inflight_by_replica
         total = sum(load.get(r, 0) for r in replicas)
-        capacity = math.ceil(policy.load_factor * (total + 1) / len(replicas))
+        capacity = math.ceil(slack * policy.load_factor * (total + 1) / len(replicas))
         choice = next((r for r in order if load.get(r, 0) + 1 <= capacity), None)
         if choice is None:  # every allowed replica is at its bound (some are excluded)
             choice = self._least_load(order)
@@ -217,7 +223,7 @@ class Balancer:
         now = self._clock()
         recent = [r for r in walk if now - self._active.get((r, name), -ACTIVE_S) < ACTIVE_S]
         order = [r for r in (*home, *recent, *walk) if r in allowed]
-        choice = self._bounded(replicas, list(dict.fromkeys(order)), policy)
+        choice = self._bounded(replicas, list(dict.fromkeys(order)), policy, ADAPTER_SLACK)
         first = home[0] if home and home[0] in replicas else walk[0]
         self.decisions["PrefixHash", "true" if choice == first else "false"] += 1
         self._note_active(choice, name, now)
