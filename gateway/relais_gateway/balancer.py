@@ -11,10 +11,11 @@ replica, the same in every gateway (`homes`: rendezvous hashing of the adapter's
 deployment's ready replicas, at most ceil(adapters / replicas) adapters per home). A spill costs
 a load on another replica and evicts one of its adapters (real vLLM holds a request for an
 adapter outside its slots until one frees), so adapter requests stay home up to `ADAPTER_SLACK`
-times the plain load bound. Past it they spill over first to replicas where this gateway sent the adapter recently (where it is
-likely still in a slot), then to the rest, each group in the ring order of adapter + prefix, so a
-conversation that spills keeps to one replica too. The candidates are only the replicas that
-have loaded the adapter (`adapters.py`); LeastLoad stays plain least-load among them.
+times the plain load bound. Past it they spill over first to replicas where this gateway sent
+the adapter recently (where it is likely still in a slot), then to the rest, each group in the
+ring order of adapter + prefix, so a conversation that spills keeps to one replica too. The
+candidates are only the replicas that have loaded the adapter (`adapters.py`); LeastLoad stays
+plain least-load among them.
 
 The counters (per model and per replica) are also the autoscaling signal and /metrics; the
 upstream calls `begin`/`end` around every call and `eject` when a replica fails.
