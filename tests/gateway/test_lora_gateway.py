@@ -14,16 +14,27 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kmock
 import ollama
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
 from relais_gateway.config import StaticDeployment
+from relais_gateway.kubernetes import KubeAccess, KubernetesSource
 from relais_gateway.registry import Adapter, Backend, MemorySource
 
 from tests.fakes.process import FakeEngine
 from tests.fakes.recording import RecordingProxy
 from tests.gateway.conftest import GatewayFactory, GatewayServer
+from tests.gateway.test_kubernetes import (
+    LLMD,
+    SLICES,
+    VERBS,
+    api,
+    endpoint_slice,
+    eventually,
+    llmd,
+)
 
 BASE = "qwen"
 LOADED = ("support-bot", "sql-writer")
@@ -381,3 +392,57 @@ def test_metrics_name_the_adapter_and_nothing_a_client_invents(
     assert 'relais_gateway_tokens_total{key="-",kind="completion",model="support-bot"}' in text
     assert "qwen_support-bot" not in text
     assert "invented" not in text
+
+
+# ---------------------------------------------------------------- from LLMDeployments
+
+
+@pytest.fixture
+def k8s(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
+    """The API emulator serving LLMDeployments and EndpointSlices (as in test_kubernetes.py)."""
+    for key, kind in (
+        ("relais.dev/v1alpha1/llmdeployments", "LLMDeployment"),
+        ("discovery.k8s.io/v1/endpointslices", "EndpointSlice"),
+    ):
+        kmock.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=VERBS)
+    return kmock
+
+
+async def test_adapters_come_from_llmdeployments(
+    k8s: kmock.KubernetesEmulator, start_gateway: GatewayFactory, holder: FakeEngine
+) -> None:
+    adapters = [
+        {"name": "support-bot", "source": "hf://acme/support-bot"},
+        {"name": "sql-writer", "source": "adapters/sql-writer"},
+        {"name": "broken-bot", "source": "hf://acme/broken", "revision": "main"},
+    ]
+    spec: Any = {"model": "Qwen/Qwen2.5-7B-Instruct", "servedModelName": BASE, "lora": {}}
+    obj = llmd("qwen", engine="vllm", **spec, adapters=adapters)
+    await api(k8s, "POST", LLMD.format(ns="models"), obj)
+    failed = {"name": "broken-bot", "state": "Failed", "message": "401 Unauthorized from the Hub"}
+    await api(k8s, "PATCH", LLMD.format(ns="models") + "/qwen", {"status": {"adapters": [failed]}})
+    await api(k8s, "POST", SLICES.format(ns="models"), endpoint_slice("q", "qwen", holder.url))
+    source = KubernetesSource(["models"], KubeAccess(str(k8s.url).rstrip("/")), watch_timeout_s=5)
+    server = await asyncio.to_thread(start_gateway, source=source, adapter_load_wait_s=30)
+    async with openai.AsyncOpenAI(
+        base_url=server.url + "/v1", api_key="x", max_retries=0
+    ) as client:
+        listed = {m.id: getattr(m, "parent", None) async for m in client.models.list()}
+        assert listed == {BASE: None, "support-bot": BASE, "sql-writer": BASE, "broken-bot": BASE}
+        answer = await client.chat.completions.create(model="qwen_sql-writer", messages=HELLO)
+        assert answer.model == "qwen_sql-writer"
+        assert chat_requests(holder)[-1]["model"] == "sql-writer"
+        with pytest.raises(openai.InternalServerError) as broken:
+            await client.chat.completions.create(model="broken-bot", messages=HELLO)
+        assert "401 Unauthorized from the Hub" in broken.value.message
+        await api(k8s, "PATCH", LLMD.format(ns="models") + "/qwen",
+                  {"spec": {"adapters": adapters[:1]}})  # fmt: skip
+
+        async def removed() -> bool:
+            try:
+                await client.chat.completions.create(model="sql-writer", messages=HELLO)
+            except openai.NotFoundError:
+                return True
+            return False
+
+        await eventually(removed)
