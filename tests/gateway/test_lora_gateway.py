@@ -388,8 +388,11 @@ def test_metrics_name_the_adapter_and_nothing_a_client_invents(
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="qwen_invented", messages=HELLO)
     text = httpx.get(server.url + "/metrics").text
-    assert 'model="support-bot",status="200"' in text
-    assert 'relais_gateway_tokens_total{key="-",kind="completion",model="support-bot"}' in text
+    requests = 'model="support-bot",route="/v1/chat/completions",status="200"} 2.0'
+    assert requests in text
+    assert 'kind="completion",model="support-bot"}' in text
+    assert 'relais_gateway_time_to_first_token_seconds_count{model="support-bot"} 2.0' in text
+    assert 'model="-",route="/v1/chat/completions",status="404"} 1.0' in text
     assert "qwen_support-bot" not in text
     assert "invented" not in text
 
