@@ -34,7 +34,7 @@ from relais_gateway.edge import EdgeMiddleware
 from relais_gateway.errors import GatewayError, from_validation, render_error
 from relais_gateway.metrics import Metrics
 from relais_gateway.registry import BackendSource, StaticSource
-from relais_gateway.reload import AuthReloader
+from relais_gateway.reload import AuthReloader, DeploymentsReloader
 from relais_gateway.service import Gateway
 from relais_gateway.settings import Settings
 from relais_gateway.tracing import from_environment as tracing_from_environment
@@ -97,10 +97,16 @@ def create_app(
     tracing = tracing_from_environment()
 
     reloader = auth_reloader(settings, authenticator, metrics)
+    watcher = (
+        DeploymentsReloader(settings.config, source, settings.auth_reload_interval_s)
+        if isinstance(source, StaticSource) and settings.config is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reloading = asyncio.create_task(reloader.run()) if reloader is not None else None
+        watching = asyncio.create_task(watcher.run()) if watcher is not None else None
         management = await serve_metrics(settings, metrics) if settings.metrics_port else None
         async with upstream_session(settings) as session:
             adapters = AdapterTracker(source, settings.adapter_poll_interval_s)
@@ -128,6 +134,8 @@ def create_app(
                 await source.stop()
                 if reloading is not None:
                     reloading.cancel()
+                if watching is not None:
+                    watching.cancel()
                 if management is not None:
                     await management.cleanup()
                 if tracing is not None:

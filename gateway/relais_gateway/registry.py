@@ -326,6 +326,14 @@ class StaticSource(MemorySource):
         if healthy == self._healthy:
             return
         self._healthy = healthy
+        self._publish()
+
+    def _publish(self) -> None:
+        """The configured backends with only their healthy endpoints (all without checks)."""
+        healthy = self._healthy
+        if healthy is None:
+            self.replace(self._configured)
+            return
         self.replace(
             # A model with endpoints may get a healthy one: its requests wait (bounded) for it.
             replace(b, replicas=tuple(u for u in b.replicas if u in healthy), autoscaled=True)
@@ -333,6 +341,12 @@ class StaticSource(MemorySource):
             else b
             for b in self._configured
         )
+
+    def reconfigure(self, deployments: Iterable[StaticDeployment]) -> None:
+        """Serve an edited file's deployments (adapters or endpoints added, removed); endpoints
+        not checked yet count as unhealthy until the next check."""
+        self._configured = [backend_from_static(d) for d in deployments]
+        self._publish()
 
 
 async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:

@@ -18,10 +18,11 @@ import kmock
 import ollama
 import openai
 import pytest
+import yaml
 from langchain_openai import ChatOpenAI
-from relais_gateway.config import StaticDeployment
+from relais_gateway.config import StaticDeployment, load_static_config
 from relais_gateway.kubernetes import KubeAccess, KubernetesSource
-from relais_gateway.registry import Adapter, Backend, MemorySource
+from relais_gateway.registry import Adapter, Backend, MemorySource, StaticSource
 
 from tests.fakes.process import FakeEngine
 from tests.fakes.recording import RecordingProxy
@@ -449,3 +450,32 @@ async def test_adapters_come_from_llmdeployments(
             return False
 
         await eventually(removed)
+
+
+def test_an_adapter_removed_from_the_static_file_is_404_without_a_restart(
+    start_gateway: GatewayFactory, ollama_engine: FakeEngine, tmp_path: Path
+) -> None:
+    """Ollama serves its adapters as models of their own (created at start): no polling."""
+    path = tmp_path / "gateway.yaml"
+    entry = {"name": "q", "engine": "ollama", "servedModelName": BASE, "model": "qwen2.5:0.5b",
+             "endpoints": [ollama_engine.url]}  # fmt: skip
+    config = {"deployments": [{**entry, "adapters": [{"name": "support-bot"}]}],
+              "auth": {"disabled": True}}  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    source = StaticSource(load_static_config(path).deployments, health_interval_s=0)
+    server = start_gateway(source=source, config=path, auth_reload_interval_s=0.1)
+    client = ollama.Client(host=server.url)
+    assert client.chat(model="qwen_support-bot", messages=HELLO).model == "qwen_support-bot"
+    assert ollama_engine.requests_sync()[-1]["json"]["model"] == "support-bot"
+    path.write_text(yaml.safe_dump({**config, "deployments": [entry]}))
+    deadline = time.monotonic() + 10
+    while "support-bot" in {m.model for m in client.list().models}:
+        assert time.monotonic() < deadline, "the edit was not picked up"
+        time.sleep(0.1)
+    for name in ("support-bot", "qwen_support-bot"):
+        with pytest.raises(ollama.ResponseError) as gone:
+            client.chat(model=name, messages=HELLO)
+        assert gone.value.status_code == 404
+    path.write_text("deployments: [{name: broken")  # a bad edit keeps what is in force
+    time.sleep(0.5)
+    assert client.chat(model=BASE, messages=HELLO).model == BASE
