@@ -4,8 +4,12 @@ Starts real vLLM (CPU) servers exactly as the operator would (tests/real_engine/
 chat model with a tool parser, the same without one, and the embedding model. Sends every
 request in CASES and writes one JSON transcript per case into tests/data/vllm/: status, the
 headers that matter, the JSON body or the SSE events (with their framing), and, for the
-no-parser server, what a client sees while the model loads. tests/fakes/test_vllm_transcripts.py
-holds the fake vLLM to their shape. Re-run after a vLLM upgrade:
+no-parser server, what a client sees while the model loads. The chat server runs with LoRA on
+(tests/real_engine/vllm.py `with_lora`): the `lora_*` cases load a tiny adapter generated here
+(tests/real_engine/lora.py), each from a clean state (every loaded LoRA unloaded first) after its
+`setup` requests; the adapter's directory is written `{adapter}` in the transcripts.
+tests/fakes/test_vllm_transcripts.py holds the fake vLLM to their shape. Re-run after a vLLM
+upgrade:
 
     .venv/bin/python hack/record-vllm.py      (needs `make install`: .venv-vllm and the models)
 """
@@ -24,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fakes.servers import stop
-from tests.real_engine import vllm
+from tests.real_engine import lora, vllm
 from tests.real_engine.vllm import sse_events
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "vllm"
@@ -78,6 +82,42 @@ CASES: dict[str, Case] = {
 }
 MODELS = {"chat": CHAT, "no_parser": CHAT, "embed": EMBED}
 
+ADAPTER = "{adapter}"  # the generated adapter's directory, in requests and transcripts alike
+LORA = "lora-a"
+LOAD: Case = ("chat", "POST", "/v1/load_lora_adapter", {"lora_name": LORA, "lora_path": ADAPTER})
+UNLOAD: Case = ("chat", "POST", "/v1/unload_lora_adapter", {"lora_name": LORA})
+
+
+def lora_chat(**body: Any) -> Case:
+    return chat(model=LORA, **body)
+
+
+# name -> (setup cases, the recorded case). Each starts with no LoRA loaded.
+LORA_CASES: dict[str, tuple[list[Case], Case]] = {
+    "lora_load": ([], LOAD),
+    "lora_load_twice": ([LOAD], LOAD),
+    "lora_load_missing_path": (
+        [],
+        ("chat", "POST", "/v1/load_lora_adapter", {"lora_name": "lora-b", "lora_path": "/no/such"}),
+    ),
+    "lora_load_base_name": (
+        [],
+        ("chat", "POST", "/v1/load_lora_adapter", {"lora_name": CHAT, "lora_path": ADAPTER}),
+    ),
+    "lora_load_no_path": ([], ("chat", "POST", "/v1/load_lora_adapter", {"lora_name": LORA})),
+    "lora_unload": ([LOAD], UNLOAD),
+    "lora_unload_unknown": ([], UNLOAD),
+    "lora_models": ([LOAD], ("chat", "GET", "/v1/models", None)),
+    "lora_chat": ([LOAD], lora_chat()),
+    "lora_chat_stream": ([LOAD], lora_chat(stream=True)),
+    "lora_completions": (
+        [LOAD],
+        ("chat", "POST", "/v1/completions", {**completion()[3], "model": LORA}),
+    ),
+    "lora_chat_unloaded": ([LOAD, UNLOAD], lora_chat()),
+    "lora_chat_stream_unloaded": ([LOAD, UNLOAD], lora_chat(stream=True)),
+}
+
 
 def exchange(base: str, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
     """One request; the answer as a transcript (JSON body, or SSE events and their framing)."""
@@ -91,13 +131,49 @@ def exchange(base: str, method: str, path: str, body: dict[str, Any] | None) -> 
     conn.close()
     kept = {k.lower(): v for k, v in response.getheaders() if k.lower() in KEPT_HEADERS}
     record: dict[str, Any] = {"status": response.status, "headers": kept}
-    if kept.get("content-type", "").startswith("text/event-stream"):
+    content_type = kept.get("content-type", "")
+    if content_type.startswith("text/event-stream"):
         record["sse"] = sse_events(raw)
+    elif raw and not content_type.startswith("application/json"):
+        record["text"] = raw  # vLLM's LoRA routes answer 200 with bare text, no content type
     elif raw:
         record["body"] = json.loads(raw)
     else:
         record["body"] = None
     return record
+
+
+def with_model(server: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A case's body as sent: `model` added per server unless the case names one."""
+    if body is None or "lora_name" in body:
+        return body
+    return {"model": MODELS[server], **body}
+
+
+def record_lora_cases(url: str, adapter: Path) -> None:
+    """Each LoRA case from a clean state: unload what is loaded, run its setup, record it."""
+    for name, (setup, case) in LORA_CASES.items():
+        for model in exchange(url, "GET", "/v1/models", None)["body"]["data"]:
+            if model["parent"] is not None:
+                exchange(url, "POST", "/v1/unload_lora_adapter", {"lora_name": model["id"]})
+        for _, method, path, body in setup:
+            exchange(url, method, path, placed(with_model("chat", body), adapter))
+        server, method, path, body = case
+        body = with_model(server, body)
+        started = time.perf_counter()
+        record = exchange(url, method, path, placed(body, adapter))
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        request = {"server": server, "method": method, "path": path, "body": body}
+        steps = [{"method": m, "path": p, "body": with_model(s, b)} for s, m, p, b in setup]
+        transcript = {"request": request, "setup": steps, **record, "elapsed_ms": elapsed_ms}
+        write(name, json.loads(json.dumps(transcript).replace(str(adapter), ADAPTER)))
+
+
+def placed(body: dict[str, Any] | None, adapter: Path) -> dict[str, Any] | None:
+    """The body with the adapter's real directory in place of `{adapter}`."""
+    if body is None:
+        return None
+    return json.loads(json.dumps(body).replace(ADAPTER, str(adapter)))
 
 
 def watch_loading(server: vllm.VllmServer) -> list[str]:
@@ -131,11 +207,11 @@ def main() -> None:
                 vllm.wait_healthy(server)
             write("loading", {"observed": loading})
             for name, (server, method, path, body) in CASES.items():
-                if body is not None:  # a case may name another model
-                    body = {"model": MODELS[server], **body}
+                body = with_model(server, body)  # a case may name another model
                 record = exchange(launched[server].url, method, path, body)
                 request = {"server": server, "method": method, "path": path, "body": body}
                 write(name, {"request": request, **record})
+            record_lora_cases(launched["chat"].url, lora.write_adapter(Path(tmp) / "adapter"))
         finally:
             for server in launched.values():
                 stop(server.proc, grace_s=30)

@@ -7,6 +7,8 @@ drives its switches over `/_fake/*`.
 What a test can rely on: Ollama accepts any model name unless the `models` switch lists some
 (`/api/tags` shows `fake:latest` by default); TGI serves one model and reports it
 (`fake-org/fake-model` or the first of `models`) whatever the request names; vLLM serves
-`fake-org/fake-model` (or the `models` switch) and answers other names with 404. Tools, images,
-reasoning, embeddings and logprobs follow the deterministic rules in `tests.fakes.core`.
+`fake-org/fake-model` (or the `models` switch) and answers other names with 404; it also loads
+LoRA adapters at run time as vLLM does (`tests.fakes.lora`: slots, load cost,
+`/relais-fake/lora`). Tools, images, reasoning, embeddings and logprobs follow the deterministic
+rules in `tests.fakes.core`.
 """

@@ -103,6 +103,7 @@ class FakeState:
         self.switches = startup.model_copy(deep=True)
         self.log: collections.deque[dict[str, Json]] = collections.deque(maxlen=REQUEST_LOG_LIMIT)
         self.counters: collections.Counter[str] = collections.Counter()
+        self.on_reset: list[Callable[[], None]] = []  # an engine's own state (vLLM's LoRAs)
 
     def record(self, request: web.Request, body: Json) -> None:
         """Remember one engine request (path, method, headers, parsed JSON body or None)."""
@@ -146,6 +147,8 @@ async def _post_reset(request: web.Request) -> web.Response:
     in_flight = state.counters["in_flight"]  # requests still running keep their count
     state.counters.clear()
     state.counters["in_flight"] = in_flight
+    for reset in state.on_reset:
+        reset()
     return web.json_response(state.switches.model_dump())
 
 

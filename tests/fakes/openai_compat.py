@@ -16,7 +16,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -98,6 +98,11 @@ class Flavor:
     # (kind, the stream's chunks in order) -> the chunks it sends (the same number of them).
     polish_answer: Callable[[str, dict[str, Json]], dict[str, Json]] | None = None
     polish_chunks: Callable[[str, list[dict[str, Json]]], list[dict[str, Json]]] | None = None
+    # `/v1/models` cards when the engine builds them itself (vLLM: LoRA adapters beside the base)
+    model_cards: Callable[[web.Request], list[dict[str, Json]]] | None = None
+    # Awaited once a generation request is accepted, before its first token (vLLM: bringing a
+    # LoRA adapter into a GPU slot); gets the served name the request resolved to.
+    before_generation: Callable[[web.Request, str], Awaitable[None]] | None = None
 
 
 def add_openai_routes(app: web.Application, flavor: Flavor) -> None:
@@ -113,6 +118,8 @@ def add_openai_routes(app: web.Application, flavor: Flavor) -> None:
         return await _embeddings(request, flavor)
 
     async def models(request: web.Request) -> web.Response:
+        if flavor.model_cards is not None:
+            return web.json_response({"object": "list", "data": flavor.model_cards(request)})
         data = [flavor.model_card(name) for name in flavor.list_models(request)]
         return web.json_response({"object": "list", "data": data})
 
@@ -471,6 +478,8 @@ async def _chat(request: web.Request, flavor: Flavor) -> web.StreamResponse:
     model = _model(request, body, flavor)
     answers = _answers(request, body, flavor)
     top = _chat_logprobs(body, flavor)
+    if flavor.before_generation is not None:
+        await flavor.before_generation(request, model)
     base = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "created": int(time.time()),
@@ -698,6 +707,8 @@ async def _completions(request: web.Request, flavor: Flavor) -> web.StreamRespon
     n = _choices(body, flavor)
     plans = [_plan(switches, body, p, flavor, offset=j) for p in prompts for j in range(n)]
     top = _completion_logprobs(body, flavor)
+    if flavor.before_generation is not None:
+        await flavor.before_generation(request, model)
     base = {
         "id": f"cmpl-{uuid.uuid4().hex[:12]}",
         "object": "text_completion",

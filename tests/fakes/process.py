@@ -3,6 +3,9 @@
     async with FakeEngine("ollama", first_token_delay_ms=50) as fake:  # or "tgi", "vllm"
         fake.url; await fake.configure(status=503); await fake.requests(); await fake.reset()
 
+`FakeEngine("vllm", max_loras=2, lora_load_ms=200, lora_modules={"a": "/path"})` starts a fake
+vLLM with LoRA slots; `await fake.lora()` reads its slot loads.
+
 `with FakeEngine("tgi") as fake:` works too, with `configure_sync`, `reset_sync`, `requests_sync`.
 `FakeEngine("ollama", host="127.0.0.2", port=11434)` binds a chosen address (default: a free port).
 Used by the gateway tests, the real-model test's neighbours, the benchmark and the demo scripts.
@@ -43,6 +46,8 @@ def switch_flags(switches: dict[str, Any]) -> list[str]:
             flags.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
             flags += [flag, ",".join(str(v) for v in value)]
+        elif isinstance(value, dict):  # lora_modules={"name": "path"} -> name=path,...
+            flags += [flag, ",".join(f"{k}={v}" for k, v in value.items())]
         elif value is not None:
             flags += [flag, str(value)]
     return flags
@@ -193,6 +198,12 @@ class FakeEngine:
         result: dict[str, int] = await self._control("GET", "/_fake/stats")
         return result
 
+    async def lora(self) -> dict[str, Any]:
+        """vLLM only: `{"loads": N, "active": [names in GPU slots, LRU first], "adapters":
+        {name: path}}` (tests.fakes.lora)."""
+        result: dict[str, Any] = await self._control("GET", "/relais-fake/lora")
+        return result
+
     # ------------------------------------------------------------ control (sync)
 
     def _control_sync(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -218,4 +229,10 @@ class FakeEngine:
 
     def stats_sync(self) -> dict[str, int]:
         result: dict[str, int] = self._control_sync("GET", "/_fake/stats")
+        return result
+
+    def lora_sync(self) -> dict[str, Any]:
+        """vLLM only: `{"loads": N, "active": [names in GPU slots, LRU first], "adapters":
+        {name: path}}` (tests.fakes.lora)."""
+        result: dict[str, Any] = self._control_sync("GET", "/relais-fake/lora")
         return result

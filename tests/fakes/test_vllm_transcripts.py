@@ -5,6 +5,11 @@ this test sends the same requests to the fake and compares shapes, not generated
 content type, the keys and JSON types of every body (errors: also type, param and code), and for
 streams the framing and the sequence of chunk kinds (role, content, finish, usage, [DONE]) with
 each kind's keys. A drifting fake fails here; re-record after a vLLM upgrade.
+
+The `lora_*` transcripts are stateful: each was recorded from a clean server after its `setup`
+requests, so the fake is reset and given the same setup first. Their adapter directory is
+`{adapter}` (here a directory with an `adapter_config.json`, all the fake reads), and the LoRA
+routes' messages and bare-text answers must match word for word: the adapter agent shows them.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ TRANSCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "data" / "vllm"
 CASES = sorted(p.stem for p in TRANSCRIPTS.glob("*.json") if p.stem != "loading")
 # Generated text decides whether the tiny model called a tool: only the status is comparable.
 STATUS_ONLY = {"chat_tools_auto"}
+ADAPTER = "{adapter}"  # hack/record-vllm.py writes the generated adapter's directory so
 
 
 def load(name: str) -> dict[str, Any]:
@@ -104,6 +110,22 @@ def fakes() -> Iterator[dict[str, FakeEngine]]:
         yield {"chat": engine, "embed": engine, "no_parser": plain}
 
 
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """An adapter directory as the fake checks it (real vLLM got a generated adapter)."""
+    path = tmp_path_factory.mktemp("adapter")
+    (path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    return path
+
+
+def placed(value: Any, adapter: pathlib.Path) -> Any:
+    return json.loads(json.dumps(value).replace(ADAPTER, str(adapter)))
+
+
+def unplaced(value: Any, adapter: pathlib.Path) -> Any:
+    return json.loads(json.dumps(value).replace(str(adapter), ADAPTER))
+
+
 async def replay(fake: FakeEngine, request: dict[str, Any]) -> dict[str, Any]:
     """Send a recorded request to the fake; its answer in the transcript's form."""
     async with (
@@ -114,16 +136,35 @@ async def replay(fake: FakeEngine, request: dict[str, Any]) -> dict[str, Any]:
         answer: dict[str, Any] = {"status": got.status, "type": got.content_type}
     if got.content_type == "text/event-stream":
         answer["sse"] = sse_events(raw)
+    elif raw and got.content_type != "application/json":
+        answer["text"] = raw
     else:
         answer["body"] = json.loads(raw) if raw else None
     return answer
 
 
+async def replay_case(
+    fake: FakeEngine, recorded: dict[str, Any], adapter: pathlib.Path
+) -> dict[str, Any]:
+    """A stateful (LoRA) case from a reset fake after its setup; others as they are."""
+    if "setup" not in recorded:
+        return await replay(fake, recorded["request"])
+    await fake.reset()
+    for step in recorded["setup"]:
+        done = await replay(fake, placed(step, adapter))
+        assert done["status"] == 200, done
+    got: dict[str, Any] = unplaced(
+        await replay(fake, placed(recorded["request"], adapter)), adapter
+    )
+    return got
+
+
 @pytest.mark.parametrize("name", CASES)
-async def test_fake_answers_in_the_recorded_shape(name: str, fakes: dict[str, FakeEngine]) -> None:
+async def test_fake_answers_in_the_recorded_shape(
+    name: str, fakes: dict[str, FakeEngine], adapter: pathlib.Path
+) -> None:
     recorded = load(name)
-    request = recorded["request"]
-    got = await replay(fakes[request["server"]], request)
+    got = await replay_case(fakes[recorded["request"]["server"]], recorded, adapter)
     assert got["status"] == recorded["status"]
     if name in STATUS_ONLY:
         return
@@ -133,12 +174,23 @@ async def test_fake_answers_in_the_recorded_shape(name: str, fakes: dict[str, Fa
         assert got["sse"]["framing"] == recorded["sse"]["framing"]
         assert stream_outline(got["sse"]["events"]) == stream_outline(recorded["sse"]["events"])
         return
+    if "text" in recorded:  # vLLM's LoRA routes: 200 with bare text
+        assert got.get("text") == recorded["text"]
+        return
     assert shape(without_text_keys(got["body"])) == shape(without_text_keys(recorded["body"]))
     if "error" in (recorded["body"] or {}):
         keys = ("type", "param", "code")
         assert [got["body"]["error"][k] for k in keys] == [
             recorded["body"]["error"][k] for k in keys
         ]
+        if recorded["request"]["path"].endswith("_lora_adapter"):
+            assert got["body"]["error"]["message"] == recorded["body"]["error"]["message"]
+    if name == "lora_models":  # the adapter's card: its name, its directory, the base
+        cards = {card["id"]: card for card in got["body"]["data"]}
+        for card in (c for c in recorded["body"]["data"] if c["parent"] is not None):
+            assert {k: cards[card["id"]][k] for k in ("root", "parent")} == {
+                k: card[k] for k in ("root", "parent")
+            }
 
 
 def test_every_recorded_case_is_replayed() -> None:
@@ -146,6 +198,7 @@ def test_every_recorded_case_is_replayed() -> None:
     assert len(CASES) >= 14
     for name in CASES:
         assert set(load(name)["request"]) == {"server", "method", "path", "body"}
+    assert len([name for name in CASES if name.startswith("lora_")]) >= 12
 
 
 def test_fake_refuses_connections_while_loading() -> None:

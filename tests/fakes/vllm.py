@@ -2,7 +2,10 @@
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
 `GET /v1/models` (served ids with `root`, the repo behind them, and `max_model_len`),
-`GET /health` (200 empty, 503 when unhealthy), `GET /version`, `GET /metrics`. It serves the
+`GET /health` (200 empty, 503 when unhealthy), `GET /version`, `GET /metrics`, and vLLM's LoRA
+routes `POST /v1/load_lora_adapter` / `/v1/unload_lora_adapter` with loaded adapters listed and
+served as models (`tests.fakes.lora`: `--max-loras`, `--lora-load-ms`, `--lora-modules`;
+`GET /relais-fake/lora` reports slot loads). It serves the
 models of the `models` switch (default `fake-org/fake-model`, the first one when a request names
 none) and answers any other name with vLLM's 404. Errors are `{"error": {"message", "type",
 "param", "code"}}` (vLLM's `ErrorResponse`; `param` is the parameter vLLM names in the message).
@@ -25,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from tests.fakes import audio, responses
+from tests.fakes import audio, lora, responses
 from tests.fakes.anthropic import add_anthropic_routes
 from tests.fakes.core import (
     MAX_TOTAL_TOKENS,
@@ -66,11 +69,12 @@ def served_models(request: web.Request) -> list[str]:
 
 
 def resolve_model(request: web.Request, requested: str) -> str:
-    """The served model a request names (the first when it names none); 404 otherwise."""
+    """The served model or loaded LoRA a request names (the first base when it names none);
+    404 otherwise."""
     served = served_models(request)
     if not requested:
         return served[0]
-    if requested not in served:
+    if requested not in served and requested not in request.app[lora.LORA].adapters:
         aliases = ", ".join(served)
         raise BadRequest(f"The model `{requested}` does not exist. Valid aliases: {aliases}.", 404)
     return requested
@@ -101,6 +105,25 @@ def model_card(name: str) -> dict[str, Json]:
         "max_model_len": MAX_MODEL_LEN,
         "permission": [permission],
     }
+
+
+def model_cards(request: web.Request) -> list[dict[str, Json]]:
+    """`/v1/models`: the served models, then each loaded LoRA (`root` its path, `parent` the
+    first served model, as vLLM lists adapters loaded without a base name)."""
+    served = served_models(request)
+    cards = [model_card(name) for name in served]
+    for name, path in request.app[lora.LORA].adapters.items():
+        card = model_card(name)
+        card |= {"root": path, "parent": served[0], "max_model_len": None}
+        cards.append(card)
+    return cards
+
+
+async def bring_in_lora(request: web.Request, model: str) -> None:
+    """A request for a LoRA waits while the adapter is brought into a GPU slot."""
+    state = request.app[lora.LORA]
+    if model in state.adapters:
+        await state.activate(model)
 
 
 SAMPLING_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -228,6 +251,8 @@ FLAVOR = Flavor(
     validate=validate_sampling,
     polish_answer=polish_answer,
     polish_chunks=polish_chunks,
+    model_cards=model_cards,
+    before_generation=bring_in_lora,
 )
 
 
@@ -253,12 +278,20 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
-def create_app(startup: Switches | None = None, *, tool_parser: bool = True) -> web.Application:
+def create_app(
+    startup: Switches | None = None,
+    *,
+    tool_parser: bool = True,
+    lora_options: lora.LoraOptions | None = None,
+) -> web.Application:
     """The fake vLLM application (used in-process by tests that want no subprocess).
 
     `tool_parser`: started with `--enable-auto-tool-choice --tool-call-parser` (the default).
+    `lora_options`: `--max-loras`, the cost of a slot load, `--lora-modules` (see tests.fakes.lora;
+    `lora.lora_state(app)` reads the adapters, slots and `loads` in-process).
     """
     app = create_base_app(startup or Switches())
+    lora.mount(app, lora_options or lora.LoraOptions(), served_models)
     app.router.add_get("/health", health)
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", metrics)
@@ -274,11 +307,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--tool-parser", action=argparse.BooleanOptionalAction, default=True)
     own.add_argument("--load-delay-s", type=float, default=0.0)
+    own.add_argument("--max-loras", type=int, default=1, help="LoRA GPU slots (vLLM's default 1)")
+    own.add_argument("--lora-load-ms", type=float, default=0.0, help="cost of a LoRA slot load")
+    own.add_argument("--lora-modules", default="", help="LoRAs at start: name=path,name=path")
     mine, rest = own.parse_known_args(argv)
     args = parse_args("Fake vLLM server for Relais tests", rest, default_port=8000)
+    modules = lora.parse_modules([m for m in mine.lora_modules.split(",") if m])
+    options = lora.LoraOptions(mine.max_loras, mine.lora_load_ms, modules)
     # vLLM binds its port only once the model is loaded: until then, connections are refused.
     time.sleep(mine.load_delay_s)
-    app = create_app(switches_from_args(args), tool_parser=mine.tool_parser)
+    app = create_app(switches_from_args(args), tool_parser=mine.tool_parser, lora_options=options)
     serve(app, args.host, args.port, "vllm")
 
 

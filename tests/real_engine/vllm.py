@@ -51,6 +51,23 @@ CHAT_SPEC: dict[str, Any] = {
         '{"backend": "xgrammar", "disable_any_whitespace": true}',
     ],
 }
+# LoRA on the chat server: two GPU slots, ranks up to 16, adapters loaded at run time (as the
+# operator's `lora:` turns on). The agent's and the recorder's adapters are loaded into it; the
+# other tests never name an adapter, so they see the server as before.
+LORA_SLOTS = 2
+LORA_MAX_RANK = 16
+
+
+def with_lora(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """`spec` with LoRA on: the operator's `lora` field where the API has it, else the flags."""
+    env = [*spec.get("env", []), {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
+    if "lora" in LLMDeploymentSpec.model_fields:
+        return {**spec, "lora": {"maxAdapters": LORA_SLOTS, "maxRank": LORA_MAX_RANK}, "env": env}
+    flags = ["--enable-lora", "--max-loras", str(LORA_SLOTS), "--max-lora-rank", str(LORA_MAX_RANK)]
+    return {**spec, "args": [*spec.get("args", []), *flags], "env": env}
+
+
+CHAT_SPEC = with_lora(CHAT_SPEC)
 EMBED_SPEC: dict[str, Any] = {
     "engine": "vllm",
     "model": "sentence-transformers/all-MiniLM-L6-v2",
