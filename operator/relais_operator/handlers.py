@@ -225,19 +225,38 @@ def _adapter_inputs(
         return None
     key = (llm.namespace, llm.name)
     names = {resources.adapter_job_name(llm, a): a.name for a in resources.downloaded_adapters(llm)}
+    pods = _fetch_pods_of(indexes["fetch_pods"], llm)
     jobs = {
-        names[job.name]: job
+        names[job.name]: status.with_pod_problems(job, pods) or job
         for job in list(indexes["fetch_jobs"].get(key, []))
         if job.name in names
     }
-    others = []
-    for store in list(indexes["llmdeployments"].values()):
-        for body in list(store):
-            with contextlib.suppress(InvalidSpecError):
-                others.append(LLMDeployment.from_body(body))
+    others = [
+        other
+        for store in list(indexes["llmdeployments"].values())
+        for body in list(store)
+        if (other := _parsed(body, memo)) is not None
+    ]
     reports = memo.get("adapter_reports", {}).get(key, {})
     conflicts = status.adapter_conflicts(llm, others)
     return status.AdapterInputs(reports=reports, jobs=jobs, conflicts=conflicts)
+
+
+def _parsed(body: Mapping[str, Any], memo: Any) -> LLMDeployment | None:
+    """A resource from the index, parsed once per resourceVersion (None: invalid). Name clashes
+    compare every resource with adapters against all others on every status round."""
+    meta = body.get("metadata") or {}
+    key = (meta.get("namespace"), meta.get("name"))
+    version = meta.get("resourceVersion")
+    cache: dict[Any, tuple[Any, LLMDeployment | None]] = memo.setdefault("parsed", {})
+    cached = cache.get(key)
+    if cached is not None and version is not None and cached[0] == version:
+        return cached[1]
+    llm = None
+    with contextlib.suppress(InvalidSpecError):
+        llm = LLMDeployment.from_body(body)
+    cache[key] = (version, llm)
+    return llm
 
 
 def _pods_of(index: kopf.Index[Key, Any], llm: LLMDeployment) -> list[status.PodState]:
@@ -319,3 +338,4 @@ async def forget(type: str, namespace: str | None, name: str, memo: Any, **_: An
         memo.locks.pop((namespace, name), None)
         memo.unscaled.discard((namespace, name))
         memo.get("adapter_reports", {}).pop((namespace, name), None)
+        memo.get("parsed", {}).pop((namespace, name), None)

@@ -22,6 +22,8 @@ from relais_operator.spec import LLMDeployment
 READY = "Ready"
 MODEL_CACHE_READY = "ModelCacheReady"
 ADAPTERS_READY = "AdaptersReady"
+# An agent's message is the engine's or the download's error: kept readable, not a whole trace.
+MAX_MESSAGE = 1024
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,7 @@ def parse_reports(payload: Any) -> list[AgentReport]:
     for item in items if isinstance(items, list) else []:
         if isinstance(item, Mapping) and isinstance(item.get("name"), str):
             state = str(item.get("state") or "Pending")
-            message = str(item.get("message") or "")
+            message = str(item.get("message") or "")[:MAX_MESSAGE]
             found.append(AgentReport(name=item["name"], state=state, message=message))
     return found
 
@@ -288,7 +290,7 @@ def _from_agents(
     ready = sum(report.state == "Ready" for _, report in seen)
     failed = [(pod, report) for pod, report in seen if report.state == "Failed"]
     if ready:
-        message = f"loaded on {ready} of {len(reports)} ready replica(s)"
+        message = f"loaded on {ready} of {len(reports)} reporting replica(s)"
         if failed:
             message += f"; {failed[0][0]}: {failed[0][1].message}"
         return _entry(name, "Ready", message, ready)
@@ -311,7 +313,8 @@ def _from_agents(
 def _at_start(name: str, ready: int, job: JobState | None) -> dict[str, Any]:
     """One start-time adapter (Ollama, TGI): every ready replica loaded it when it started."""
     if job is not None and not job.succeeded:
-        return _entry(name, "Downloading", f"Job {job.name} is downloading it")
+        problem = f" ({job.problem})" if job.problem else ""
+        return _entry(name, "Downloading", f"Job {job.name} is downloading it{problem}")
     if ready:
         return _entry(name, "Ready", f"loaded at start on {ready} ready replica(s)", ready)
     return _entry(name, "Pending", "loaded when a replica starts")

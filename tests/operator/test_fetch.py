@@ -8,6 +8,7 @@ client leaves it, with the network disabled (HF_HUB_OFFLINE): finding it must no
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -18,7 +19,14 @@ import time
 from collections.abc import Callable
 
 import pytest
-from relais_operator.engines import OLLAMA, TGI, VLLM, Engine, ollama_manifest_path
+from relais_operator.engines import (
+    _HF_FETCH_ADAPTERS,
+    OLLAMA,
+    TGI,
+    VLLM,
+    Engine,
+    ollama_manifest_path,
+)
 from relais_operator.spec import LLMDeploymentSpec
 
 FAKE_OLLAMA = """#!/bin/sh
@@ -119,6 +127,7 @@ case "$1" in
   show) printf '  Model\\n    architecture    qwen2\\n\\n' &&
         printf '  Capabilities\\n    {capability}    \\n\\n' ;;
   run) [ -f "{loaded}" ] && [ ! -f "{ready}" ] || exit 1 ;;
+  create) cat "$4" >> "{log}"; [ "$2" != broken ] ;;
 esac
 """
 
@@ -126,7 +135,9 @@ esac
 class OllamaStart:
     """The server container's command, with a recording `ollama` and the ready file in tmp."""
 
-    def __init__(self, tmp: pathlib.Path, capability: str = "completion") -> None:
+    def __init__(
+        self, tmp: pathlib.Path, capability: str = "completion", adapters: str = ""
+    ) -> None:
         self.log, self.up, self.loaded = tmp / "calls.log", tmp / "up", tmp / "loadable"
         self.ready = tmp / "ready"
         fake = tmp / "ollama"
@@ -147,7 +158,8 @@ class OllamaStart:
         command[2] = command[2].replace(OLLAMA.ready_file, str(self.ready))
         self.stderr = tmp / "stderr"
         with self.stderr.open("w") as err:
-            self.process = subprocess.Popen([*command, *OLLAMA.args(spec)], stderr=err)
+            env = {**os.environ, "RELAIS_ADAPTERS": adapters}
+            self.process = subprocess.Popen([*command, *OLLAMA.args(spec)], stderr=err, env=env)
 
     def calls(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
@@ -231,3 +243,61 @@ def test_the_engine_shell_scripts_pass_shellcheck(tmp_path: pathlib.Path) -> Non
         [require_tool("shellcheck"), "-s", "sh", *paths], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout
+
+
+@SH
+def test_ollama_adapters_become_derived_models_before_ready(tmp_path: pathlib.Path) -> None:
+    adapters = "support-bot\t/models/adapters/support-bot\nbroken\t/models/adapters/missing"
+    start = OllamaStart(tmp_path, adapters=adapters)
+    try:
+        start.loaded.touch()
+        start.up.touch()
+        _wait_for(start.ready.exists, "the ready mark")  # a failed adapter does not stop it
+        calls = start.calls()
+        create = "create support-bot -f /tmp/relais-adapter-support-bot.Modelfile"
+        assert create in calls
+        assert calls.index("run qwen2.5:0.5b ") < calls.index(create)  # after the base loaded
+        assert "FROM qwen2.5:0.5b" in calls
+        assert "ADAPTER /models/adapters/support-bot" in calls
+        assert "adapter broken: ollama create failed" in start.stderr.read_text()
+    finally:
+        assert start.stop() == 0
+
+
+def _hf_adapters(home: pathlib.Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cache_env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HOME": str(home)}
+    full = {**os.environ, **cache_env, "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run(
+        [sys.executable, "-c", _HF_FETCH_ADAPTERS],
+        env=full,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_hf_fetch_links_each_adapter_at_a_known_path(tmp_path: pathlib.Path) -> None:
+    """TGI's fetch step: the model, then each hf:// adapter, linked where LORA_ADAPTERS says."""
+    _hf_cache(tmp_path, "google/gemma-2-2b-it", "main")
+    _hf_cache(tmp_path, "acme/support-lora", "v2")
+    link = tmp_path / "relais-adapters" / "ee0515f6"
+    wanted = [{"repo": "acme/support-lora", "revision": "v2", "link": str(link)}]
+    env = {"RELAIS_MODEL": "google/gemma-2-2b-it", "RELAIS_ADAPTERS": json.dumps(wanted)}
+    for _ in range(2):  # a restarted pod: the same, offline, and the link is replaced in place
+        result = _hf_adapters(tmp_path, env)
+        assert result.returncode == 0, result.stderr
+        assert link.is_symlink()
+        assert not os.readlink(link).startswith("/")  # relative: any mount path works
+        assert (link / "config.json").exists()
+        assert "models--acme--support-lora/snapshots" in str(link.resolve())
+
+
+def test_an_adapter_job_links_its_one_repo(tmp_path: pathlib.Path) -> None:
+    _hf_cache(tmp_path, "acme/sql-lora", "main")
+    link = tmp_path / "relais-adapters" / "abcd1234"
+    result = _hf_adapters(tmp_path, {"RELAIS_MODEL": "acme/sql-lora", "RELAIS_LINK": str(link)})
+    assert result.returncode == 0, result.stderr
+    assert "already cached" in result.stdout
+    assert (link / "config.json").exists()
+    missing = _hf_adapters(tmp_path, {"RELAIS_MODEL": "acme/absent", "RELAIS_LINK": str(link)})
+    assert missing.returncode != 0  # it went for the network (offline here)

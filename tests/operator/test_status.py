@@ -322,7 +322,7 @@ def test_agent_reports_make_adapter_states() -> None:
         {
             "name": "support-bot",
             "state": "Ready",
-            "message": "loaded on 2 of 2 ready replica(s)",
+            "message": "loaded on 2 of 2 reporting replica(s)",
             "readyReplicas": 2,
         },
         {
@@ -413,7 +413,8 @@ def test_agent_reports_parse_defensively() -> None:
     assert status.parse_reports({"adapters": [{"name": "a", "state": "Ready"}]}) == [
         status.AgentReport("a", "Ready")
     ]
-    for junk in (None, [], {"adapters": "x"}, {"adapters": [1, {"state": "Ready"}]}):
+    junks: list[Any] = [None, [], {"adapters": "x"}, {"adapters": [1, {"state": "Ready"}]}]
+    for junk in junks:
         assert status.parse_reports(junk) == []
 
 
@@ -432,3 +433,21 @@ def test_pod_state_finds_the_agent() -> None:
     assert state.agent_url == "http://10.0.0.7:8001/adapters"
     unready = status.pod_state({**pod, "status": {"podIP": "10.0.0.7"}})
     assert unready.agent_url is None
+
+
+def test_agent_messages_are_bounded() -> None:
+    [report] = status.parse_reports(
+        {"adapters": [{"name": "a", "state": "Failed", "message": "x" * 5000}]}
+    )
+    assert len(report.message) == status.MAX_MESSAGE
+
+
+def test_a_stuck_adapter_job_says_why() -> None:
+    stuck = status.JobState(
+        name="qwen-adapter-1",
+        problem='qwen-adapter-1-x: CreateContainerConfigError: secret "hf" not found',
+    )
+    result = _adapters("vllm-adapters-shared", status.AdapterInputs(jobs={"support-bot": stuck}))
+    [entry] = result["adapters"]
+    assert entry["state"] == "Downloading"
+    assert 'secret "hf" not found' in entry["message"]

@@ -81,6 +81,8 @@ OPERATOR_NAMESPACED_RULES = (
     )
     | triples("", ["pods"], ["get", "list", "watch"])
     | triples("", ["events"], ["create"])
+    # The adapters' ConfigMap `<name>-adapters` of vLLM resources with spec.lora (issue #16).
+    | triples("", ["configmaps"], ["get", "create", "patch"])
 )
 OPERATOR_CLUSTER_RULES = triples("", ["namespaces"], ["list", "watch"]) | triples(
     "apiextensions.k8s.io", ["customresourcedefinitions"], ["list", "watch"]
@@ -255,6 +257,9 @@ def test_operator_deployment_contract() -> None:
         {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
     ]
     assert main["image"] == "ghcr.io/relais-dev/relais-operator:0.1.0"
+    # The adapter-agent sidecar (vLLM with spec.lora) runs the operator's own image.
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["RELAIS_OPERATOR_AGENT_IMAGE"] == main["image"]
 
 
 def test_gateway_deployment_contract() -> None:
@@ -402,8 +407,13 @@ def test_network_policy_selects_the_operators_model_pods() -> None:
         assert expression == {"key": resources.LABEL, "operator": "Exists"}
         assert expression["key"] in pod_labels
         assert policy["spec"]["policyTypes"] == ["Ingress"]
-        rule, scrapers = policy["spec"]["ingress"]
+        rule, agent, scrapers = policy["spec"]["ingress"]
         gateway_peer, monitoring_peer = rule["from"]
+        # The operator reads the adapter-agents' reports, on their port only (issue #16).
+        (operator_peer,) = agent["from"]
+        assert agent["ports"] == [{"port": resources.AGENT_PORT_NAME, "protocol": "TCP"}]
+        operator_labels = workloads(docs)["operator"]["spec"]["template"]["metadata"]["labels"]
+        assert operator_peer["podSelector"]["matchLabels"].items() <= operator_labels.items()
         # networkPolicy.metricsIngressFrom: on the engine's port only.
         assert scrapers["ports"] == [{"port": "http", "protocol": "TCP"}]
         assert gateway_peer["namespaceSelector"]["matchLabels"] == {

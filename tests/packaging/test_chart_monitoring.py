@@ -238,7 +238,10 @@ def test_without_scrapers_only_the_operator_reads_metrics() -> None:
     (operator_peer,) = metrics_rule["from"]
     assert "podSelector" in operator_peer
     assert policies["relais-operator"]["spec"]["ingress"] == []
-    assert len(policies["relais-models"]["spec"]["ingress"]) == 1  # the gateway only
+    # The gateway, and the operator on the adapter-agents' port only.
+    gateway, agent = policies["relais-models"]["spec"]["ingress"]
+    assert "ports" not in gateway
+    assert agent["ports"] == [{"port": "agent", "protocol": "TCP"}]
 
 
 def test_gke_scrapers_come_from_gmp_system() -> None:
@@ -247,7 +250,7 @@ def test_gke_scrapers_come_from_gmp_system() -> None:
     _, metrics_rule = policies["relais-gateway"]["spec"]["ingress"]
     assert gmp in metrics_rule["from"]
     assert policies["relais-operator"]["spec"]["ingress"][0]["from"] == [gmp]
-    _, scrapers = policies["relais-models"]["spec"]["ingress"]
+    _, _, scrapers = policies["relais-models"]["spec"]["ingress"]
     assert scrapers == {"ports": [{"port": "http", "protocol": "TCP"}], "from": [gmp]}
 
 
