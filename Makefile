@@ -78,6 +78,7 @@ e2e-kind: $(VENV)/.installed ## kind end-to-end: cluster, images, helm install, 
 bench: $(VENV)/.installed ## run the benchmarks (figures printed side by side)
 	$(PY) benchmarks/gateway_overhead.py --reference
 	$(PY) benchmarks/routing.py
+	$(PY) benchmarks/lora.py
 	$(PY) benchmarks/autoscale.py
 	$(PY) benchmarks/operator_scale.py
 

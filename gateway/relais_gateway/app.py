@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from relais_gateway.adapters import AdapterTracker
 from relais_gateway.admission import Admission
 from relais_gateway.auth import Authenticator, FailureThrottle
 from relais_gateway.balancer import Balancer
@@ -33,7 +34,7 @@ from relais_gateway.edge import EdgeMiddleware
 from relais_gateway.errors import GatewayError, from_validation, render_error
 from relais_gateway.metrics import Metrics
 from relais_gateway.registry import BackendSource, StaticSource
-from relais_gateway.reload import AuthReloader
+from relais_gateway.reload import AuthReloader, DeploymentsReloader
 from relais_gateway.service import Gateway
 from relais_gateway.settings import Settings
 from relais_gateway.tracing import from_environment as tracing_from_environment
@@ -96,26 +97,45 @@ def create_app(
     tracing = tracing_from_environment()
 
     reloader = auth_reloader(settings, authenticator, metrics)
+    watcher = (
+        DeploymentsReloader(settings.config, source, settings.auth_reload_interval_s)
+        if isinstance(source, StaticSource) and settings.config is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reloading = asyncio.create_task(reloader.run()) if reloader is not None else None
+        watching = asyncio.create_task(watcher.run()) if watcher is not None else None
         management = await serve_metrics(settings, metrics) if settings.metrics_port else None
         async with upstream_session(settings) as session:
-            upstream = Upstream(session, settings, balancer, metrics, tracing)
+            adapters = AdapterTracker(source, settings.adapter_poll_interval_s)
+            upstream = Upstream(session, settings, balancer, metrics, tracing, adapters)
             gateway = Gateway(
-                settings, source, authenticator, balancer, metrics, upstream, admission, tracing
+                settings,
+                source,
+                authenticator,
+                balancer,
+                metrics,
+                upstream,
+                admission,
+                tracing,
+                adapters,
             )
             app.state.gateway = gateway
             await source.start()
+            await adapters.start(session)
             try:
                 yield
             finally:
                 gateway.draining = True
                 await _drain(balancer, settings.shutdown_grace_s)
+                await adapters.stop()
                 await source.stop()
                 if reloading is not None:
                     reloading.cancel()
+                if watching is not None:
+                    watching.cancel()
                 if management is not None:
                     await management.cleanup()
                 if tracing is not None:

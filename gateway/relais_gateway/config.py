@@ -35,6 +35,16 @@ class Routing(relais_api.Routing):
     model_config = ConfigDict(**{**relais_api.Routing.model_config, "extra": "forbid"})
 
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class StaticAdapter(_Strict):
+    """A LoRA adapter the engine already serves under `name` (vLLM `--lora-modules`, an Ollama
+    model created from the base, TGI `LORA_ADAPTERS`)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+
+
 class StaticDeployment(_Strict):
     """One model: its engine, its names and the replicas' base URLs."""
 
@@ -53,6 +63,22 @@ class StaticDeployment(_Strict):
     completions) or `embed` (embeddings, rerank, score); unset: whatever the engine serves."""
     ollamaOptions: OllamaOptions | None = None
     """Ollama runtime options the deployment owns (engine ollama)."""
+    adapters: list[StaticAdapter] = Field(default_factory=list, max_length=64)
+    """LoRA adapters clients may ask for by `name` or `<servedModelName>_<name>`."""
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_adapters(cls, value: list[StaticAdapter]) -> list[StaticAdapter]:
+        names = [a.name for a in value]
+        if len(names) != len(set(names)):
+            raise ValueError("adapter names must be unique within a deployment")
+        return value
+
+    @model_validator(mode="after")
+    def _adapter_names_differ(self) -> Self:
+        if any(a.name == self.servedModelName for a in self.adapters):
+            raise ValueError("an adapter name must differ from the deployment's servedModelName")
+        return self
 
     def ollama_options(self) -> dict[str, int | bool]:
         return self.ollamaOptions.as_options() if self.ollamaOptions is not None else {}

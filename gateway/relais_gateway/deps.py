@@ -108,7 +108,9 @@ def started(request: Request) -> float:
 
 
 def note_model(request: Request, gateway: Gateway, model: str) -> None:
-    """Record the model for the request log, and for metrics when it is a known one."""
+    """Record the model for the request log, and its metrics label when it is a known one (an
+    adapter's name for either of its names): a name a client invents is never a label."""
     state = request.scope["state"]
     state["model"] = model
-    state["model_known"] = gateway.source.resolve(model) is not None
+    backend = gateway.source.resolve(model)
+    state["model_label"] = backend.label if backend is not None else None

@@ -283,7 +283,7 @@ class EdgeMiddleware:
                 return
             route = "/v1/*"  # forwarded routes: one label, whatever clients send
         model = state.get("model", "")
-        known = model if state.get("model_known") else "-"
+        known = state.get("model_label") or "-"
         shown = state.get("status") or 499  # no response started: the client went away
         key = state.get("caller") or "-"
         self.metrics.observe_request(route, known, str(shown), elapsed, key)

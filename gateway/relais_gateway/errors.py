@@ -130,6 +130,13 @@ class NoReadyReplica(GatewayError):
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
+class AdapterLoading(NoReadyReplica):
+    """A declared LoRA adapter no ready replica holds yet (or one that failed to load: then the
+    message says why)."""
+
+    code = "adapter_loading"
+
+
 class UpstreamError(GatewayError):
     """The engine failed or answered with an error; `retryable` before the first byte is sent."""
 

@@ -27,9 +27,9 @@ from typing import Any
 import aiohttp
 import orjson
 from pydantic import ValidationError
-from relais_api import LLMDeploymentSpec, describe
+from relais_api import AdapterStatus, LLMDeploymentSpec, describe
 
-from relais_gateway.registry import Backend, MemorySource
+from relais_gateway.registry import Adapter, Backend, MemorySource
 
 log = logging.getLogger("relais_gateway.kubernetes")
 
@@ -128,6 +128,24 @@ def _backend(llmd: Obj, by_service: Mapping[tuple[str, str], list[Obj]]) -> Back
         routing=spec.routing,
         autoscaled=scaling is not None and scaling.max_replicas >= 1,
         desired_replicas=spec.replicas,
+        adapters=adapters(llmd, spec),
+    )
+
+
+def adapters(llmd: Obj, spec: LLMDeploymentSpec) -> tuple[Adapter, ...]:
+    """The deployment's adapters (`spec.adapters`), with the state and message the operator
+    reports for each in `status.adapters` (a Failed one is answered 503 with that message)."""
+    reported = {}
+    for entry in (llmd.get("status") or {}).get("adapters") or ():
+        try:
+            status = AdapterStatus.model_validate(entry)
+        except ValidationError:
+            continue  # a status this gateway cannot read says nothing; the spec still holds
+        reported[status.name] = status
+    found = [(a.name, reported.get(a.name)) for a in spec.adapters]
+    return tuple(
+        Adapter(name, status.state, status.message[:500]) if status else Adapter(name)
+        for name, status in found
     )
 
 

@@ -28,8 +28,26 @@ log = logging.getLogger("relais_gateway.registry")
 
 
 @dataclass(frozen=True, slots=True)
+class Adapter:
+    """A LoRA adapter declared on a deployment, by the name the engine serves it under.
+
+    `state` and `message` come from the LLMDeployment's `status.adapters` (Kubernetes source):
+    only `Failed` changes what the gateway does (503 with the message while no replica has it).
+    """
+
+    name: str
+    state: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
-    """One servable model: its engine, limits, routing and the base URLs of its ready replicas."""
+    """One servable model: its engine, limits, routing and the base URLs of its ready replicas.
+
+    A base deployment lists its `adapters`; `resolve` of an adapter's name (or its alias
+    `<served>_<name>`) returns the base's backend seen through that adapter (`adapter_view`):
+    `model` is the name the client sent, `adapter` the adapter, `parent` the base's served name.
+    """
 
     name: str
     engine: str
@@ -51,6 +69,15 @@ class Backend:
     `autoscaling`, or the endpoints are health-checked static ones that may come back."""
     desired_replicas: int | None = None
     """`spec.replicas` (Kubernetes source): 0 means a request must ask for a replica."""
+    adapters: tuple[Adapter, ...] = ()
+    """The deployment's routable LoRA adapters (clashing names left out)."""
+    adapter: Adapter | None = None
+    """Set on an adapter view: the adapter asked for (the engine gets its `name`)."""
+    parent: str = ""
+    """Set on an adapter view: the base deployment's served name."""
+    pool: tuple[str, ...] = ()
+    """Set on an adapter view once `replicas` are narrowed to those holding the adapter: all
+    the deployment's ready replicas (adapter homes are spread over these)."""
 
     @property
     def max_tokens(self) -> int | None:
@@ -64,6 +91,18 @@ class Backend:
     def upstream_model(self) -> str:
         """The `model` to put in requests forwarded to the engine."""
         return self.engine_model or self.model
+
+    @property
+    def base_model(self) -> str:
+        """The deployment's served name: what concurrency, waiting and autoscaling count by
+        (an adapter's requests run on its base's replicas and slots)."""
+        return self.parent or self.model
+
+    @property
+    def label(self) -> str:
+        """The `model` label of metrics: the adapter's name for adapter requests (by either
+        of its names), else the served name. Only declared names: clients invent none."""
+        return self.adapter.name if self.adapter is not None else self.model
 
     @property
     def kind(self) -> Engine:
@@ -80,11 +119,13 @@ class BackendSource(Protocol):
         ...
 
     def resolve(self, model: str) -> Backend | None:
-        """The backend serving `model`, or None when no deployment serves that name."""
+        """The backend serving `model`, or None when no deployment serves that name.
+
+        An adapter's name or alias resolves to its base seen through it (`adapter_view`)."""
         ...
 
     def backends(self) -> Sequence[Backend]:
-        """Every known backend, sorted by served model name."""
+        """Every known base backend, sorted by served model name (adapters: `.adapters`)."""
         ...
 
     async def wait_ready(self, model: str) -> Backend | None:
@@ -113,11 +154,26 @@ def check_engine(engine: str) -> None:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(sorted(ENGINES))}")
 
 
+def adapter_view(base: Backend, adapter: Adapter, asked: str) -> Backend:
+    """`base` seen through `adapter`, for a request that named it `asked` (its name or alias).
+
+    The engine is sent the adapter's name; answers name the model as the client did; the
+    replicas are still the base's ready ones (which of them loaded it is `adapters.py`'s)."""
+    return replace(base, model=asked, engine_model=adapter.name, adapter=adapter, parent=base.model)
+
+
+def alias(base: str, adapter: str) -> str:
+    """The other name of an adapter (KubeAI's convention): `<servedModelName>_<name>`."""
+    return f"{base}_{adapter}"
+
+
 class MemorySource:
     """A source holding backends in memory; the static and Kubernetes sources build on it."""
 
     def __init__(self, backends: Iterable[Backend] = ()) -> None:
         self._by_model: dict[str, Backend] = {}
+        self._adapters: dict[str, tuple[str, Adapter]] = {}
+        self._clashes: set[str] = set()
         self._ready = False
         self._changed = asyncio.Event()
         self.replace(backends)
@@ -127,18 +183,51 @@ class MemorySource:
         return self._ready
 
     def replace(self, backends: Iterable[Backend]) -> None:
-        """Swap the whole view at once (one dict assignment: readers never see a half update)."""
+        """Swap the whole view at once (one assignment each: readers never see a half update)."""
         by_model: dict[str, Backend] = {}
         for backend in backends:
             check_engine(backend.engine)
             by_model[backend.model] = backend
-        self._by_model = by_model
+        self._by_model, self._adapters = self._index_adapters(by_model)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()  # wakes the requests waiting for a replica
 
+    def _index_adapters(
+        self, bases: dict[str, Backend]
+    ) -> tuple[dict[str, Backend], dict[str, tuple[str, Adapter]]]:
+        """Every adapter name and alias -> (its base's served name, the adapter).
+
+        A served model wins over an adapter of the same name, and the first deployment (by
+        served name) over a later one's adapter: the loser is logged once and not routed.
+        """
+        names: dict[str, tuple[str, Adapter]] = {}
+        clashes: set[str] = set()
+        for model in sorted(bases):
+            kept = []
+            for adapter in bases[model].adapters:
+                taken = adapter.name in bases or adapter.name in names
+                if taken:
+                    owner = "a served model" if adapter.name in bases else "another adapter"
+                    clashes.add(f"adapter {adapter.name!r} of {model!r} has the name of {owner}")
+                    continue
+                names[adapter.name] = (model, adapter)
+                kept.append(adapter)
+            if len(kept) != len(bases[model].adapters):
+                bases[model] = replace(bases[model], adapters=tuple(kept))
+        for model, adapter in list(names.values()):
+            other = alias(model, adapter.name)
+            if other in bases or other in names:
+                clashes.add(f"alias {other!r} of adapter {adapter.name!r} is taken")
+            else:
+                names[other] = (model, adapter)
+        for clash in sorted(clashes - self._clashes):
+            log.warning("%s; that name is not routed to the adapter", clash)
+        self._clashes = clashes
+        return bases, names
+
     async def wait_ready(self, model: str) -> Backend | None:
         while True:
-            backend = self._by_model.get(model)
+            backend = self.resolve(model)
             if backend is None or backend.replicas:
                 return backend
             await self._changed.wait()
@@ -148,7 +237,14 @@ class MemorySource:
         return False
 
     def resolve(self, model: str) -> Backend | None:
-        return self._by_model.get(model)
+        backend = self._by_model.get(model)
+        if backend is not None:
+            return backend
+        found = self._adapters.get(model)
+        if found is None:
+            return None
+        base = self._by_model.get(found[0])
+        return adapter_view(base, found[1], model) if base is not None else None
 
     def backends(self) -> Sequence[Backend]:
         return sorted(self._by_model.values(), key=lambda b: b.model)
@@ -172,6 +268,7 @@ def backend_from_static(deployment: StaticDeployment) -> Backend:
         task=deployment.task,
         ollama_options=tuple(deployment.ollama_options().items()),
         routing=deployment.routing,
+        adapters=tuple(Adapter(a.name) for a in deployment.adapters),
     )
 
 
@@ -229,6 +326,14 @@ class StaticSource(MemorySource):
         if healthy == self._healthy:
             return
         self._healthy = healthy
+        self._publish()
+
+    def _publish(self) -> None:
+        """The configured backends with only their healthy endpoints (all without checks)."""
+        healthy = self._healthy
+        if healthy is None:
+            self.replace(self._configured)
+            return
         self.replace(
             # A model with endpoints may get a healthy one: its requests wait (bounded) for it.
             replace(b, replicas=tuple(u for u in b.replicas if u in healthy), autoscaled=True)
@@ -236,6 +341,12 @@ class StaticSource(MemorySource):
             else b
             for b in self._configured
         )
+
+    def reconfigure(self, deployments: Iterable[StaticDeployment]) -> None:
+        """Serve an edited file's deployments (adapters or endpoints added, removed); endpoints
+        not checked yet count as unhealthy until the next check."""
+        self._configured = [backend_from_static(d) for d in deployments]
+        self._publish()
 
 
 async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:

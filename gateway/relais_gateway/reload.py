@@ -1,9 +1,12 @@
-"""Picks up edited API keys while the gateway runs: no restart, no request dropped.
+"""Picks up edited API keys and static deployments while the gateway runs: no restart, no
+request dropped.
 
 Kubernetes updates a mounted Secret in place (an atomic symlink swap), so the `--auth-file`, and
 the `auth:` section of a static `--config` file, are re-read when their content changes, checked
 every `auth_reload_interval_s`. A file that no longer parses keeps the keys in force: the error is
-logged and `relais_gateway_auth_reload_ok` drops to 0 until a good file arrives.
+logged and `relais_gateway_auth_reload_ok` drops to 0 until a good file arrives. The static file's
+`deployments:` are re-read the same way (`DeploymentsReloader`): an adapter or an endpoint added or
+removed there applies within the interval; a bad edit keeps the deployments in force.
 """
 
 from __future__ import annotations
@@ -18,9 +21,22 @@ import yaml
 from pydantic import ValidationError
 
 from relais_gateway.auth import Authenticator
-from relais_gateway.config import AuthConfig
+from relais_gateway.config import AuthConfig, StaticDeployment, load_static_config
+from relais_gateway.registry import StaticSource
 
 log = logging.getLogger("relais_gateway.reload")
+
+
+def digest(path: Path) -> bytes | None:
+    """The SHA-256 of the file's content (None when it cannot be read)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
+
+
+def first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:300] if str(error) else type(error).__name__
 
 
 class AuthReloader:
@@ -39,20 +55,14 @@ class AuthReloader:
         self.authenticator = authenticator
         self.interval_s = interval_s
         self.on_result = on_result
-        self._seen = self._digest()
-
-    def _digest(self) -> bytes | None:
-        try:
-            return hashlib.sha256(self.path.read_bytes()).digest()
-        except OSError:
-            return None
+        self._seen = digest(path)
 
     def read(self) -> AuthConfig | Exception | None:
         """The file's new config (or why it is invalid), or None when it did not change."""
-        digest = self._digest()
-        if digest is None or digest == self._seen:
+        seen = digest(self.path)
+        if seen is None or seen == self._seen:
             return None
-        self._seen = digest
+        self._seen = seen
         try:
             return self.load(self.path)
         except (OSError, ValueError, ValidationError, yaml.YAMLError) as exc:
@@ -63,7 +73,7 @@ class AuthReloader:
         if result is None:
             return
         if isinstance(result, Exception):
-            first = str(result).splitlines()[0][:300] if str(result) else type(result).__name__
+            first = first_line(result)
             log.error("auth file %s is invalid; keeping the keys in force: %s", self.path, first)
             self.on_result(False)
             return
@@ -75,3 +85,42 @@ class AuthReloader:
         while True:
             await asyncio.sleep(self.interval_s)
             self.apply(await asyncio.to_thread(self.read))  # file reads off the event loop
+
+
+class DeploymentsReloader:
+    """Watches the static `--config` file and swaps its `deployments:` into the source."""
+
+    def __init__(self, path: Path, source: StaticSource, interval_s: float) -> None:
+        self.path = path
+        self.source = source
+        self.interval_s = interval_s
+        self._seen = digest(path)
+
+    def read(self) -> list[StaticDeployment] | Exception | None:
+        """The file's deployments (or why it is invalid), or None when it did not change."""
+        seen = digest(self.path)
+        if seen is None or seen == self._seen:
+            return None
+        self._seen = seen
+        try:
+            return load_static_config(self.path).deployments
+        except (OSError, ValueError, ValidationError, yaml.YAMLError) as exc:
+            return exc
+
+    def apply(self, result: list[StaticDeployment] | Exception | None) -> None:
+        if result is None:
+            return
+        if isinstance(result, Exception):
+            log.error(
+                "config file %s is invalid; keeping the deployments in force: %s",
+                self.path,
+                first_line(result),
+            )
+            return
+        self.source.reconfigure(result)
+        log.info("config file %s reloaded: %d deployments", self.path, len(result))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.apply(await asyncio.to_thread(self.read))

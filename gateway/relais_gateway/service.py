@@ -9,20 +9,24 @@ the engine's bytes; a client that disconnects cancels its request wherever it is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import jsonschema
 import orjson
 from starlette.types import Message, Receive
 
+from relais_gateway.adapters import AdapterTracker
 from relais_gateway.admission import Admission
 from relais_gateway.auth import Authenticator, Caller
 from relais_gateway.balancer import Balancer
 from relais_gateway.engines import ROUTES
 from relais_gateway.errors import (
+    AdapterLoading,
     ClientClosedRequest,
     InvalidModelOutput,
     InvalidRequest,
@@ -31,7 +35,7 @@ from relais_gateway.errors import (
     NotSupported,
 )
 from relais_gateway.metrics import Metrics
-from relais_gateway.registry import Backend, BackendSource
+from relais_gateway.registry import Backend, BackendSource, adapter_view
 from relais_gateway.settings import Settings
 from relais_gateway.tracing import Tracing
 from relais_gateway.upstream import Payload, Reply, Upstream
@@ -39,6 +43,10 @@ from relais_gateway.upstream import Payload, Reply, Upstream
 T = TypeVar("T")
 log = logging.getLogger("relais_gateway.service")
 Json = dict[str, Any]
+FAILED = frozenset({"Failed", "Conflict"})
+"""Adapter states (status.adapters) answered at once with their message when no replica holds
+the adapter: waiting would not help."""
+ADAPTER_RECHECK_S = 0.5
 
 
 class Gateway:
@@ -54,6 +62,7 @@ class Gateway:
         upstream: Upstream,
         admission: Admission,
         tracing: Tracing | None = None,
+        adapters: AdapterTracker | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -63,21 +72,31 @@ class Gateway:
         self.upstream = upstream
         self.admission = admission
         self.tracing = tracing
+        self.adapters = adapters
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     def visible_backends(self, caller: Caller) -> list[Backend]:
-        """The backends `caller` may use (for /v1/models and /api/tags)."""
-        return [b for b in self.source.backends() if caller.allows(b.model)]
+        """The models `caller` may use (for /v1/models and /api/tags): each base, then its
+        adapters (adapter views named by the adapter's `name`, `parent` set)."""
+        visible: list[Backend] = []
+        for base in self.source.backends():
+            if caller.allows(base.model):
+                visible.append(base)
+            for adapter in base.adapters:
+                if caller.allows(adapter.name):
+                    visible.append(adapter_view(base, adapter, adapter.name))
+        return visible
 
     def admit(self, caller: Caller, model: str) -> Backend:
         """The backend for `model` after the pre-flight checks (404, 429).
 
         A model the key may not use answers exactly as an unknown one (as OpenAI's API does), so
-        a key cannot find out which models exist beyond its grant.
+        a key cannot find out which models exist beyond its grant. An adapter is allowed by its
+        own name (so its alias `<served>_<name>` too), never by its base's.
         """
         backend = self.source.resolve(model)
-        if backend is None or not caller.allows(model):
+        if backend is None or not caller.allows(backend.label):
             raise ModelNotFound(f"model {model!r} not found", param="model")
         self.authenticator.limit_rate(caller)
         return backend
@@ -150,7 +169,7 @@ class Gateway:
             )
         finally:
             self._leave(backend, slots)
-        self.metrics.observe_ttft(backend.model, time.perf_counter() - started)
+        self.metrics.observe_ttft(backend.label, time.perf_counter() - started)
         return reply
 
     async def lookup(
@@ -180,7 +199,7 @@ class Gateway:
         except BaseException:
             await chunks.aclose()
             raise
-        self.metrics.observe_ttft(backend.model, time.perf_counter() - started)
+        self.metrics.observe_ttft(backend.label, time.perf_counter() - started)
         return first, chunks
 
     async def _stream(
@@ -194,15 +213,71 @@ class Gateway:
             self._leave(backend, slots)
 
     async def ready(self, backend: Backend) -> Backend:
-        """`backend` with a ready replica: at once, or after a cold start (autoscaled models)."""
-        if backend.replicas:
-            return backend
-        if not backend.autoscaled:
-            raise NoReadyReplica(
-                f"model {backend.model!r} has no ready replica",
+        """`backend` with a ready replica: at once, or after a cold start (autoscaled models);
+        for an adapter, narrowed to the replicas that hold it (`_adapter_ready`)."""
+        if not backend.replicas:
+            if not backend.autoscaled:
+                raise NoReadyReplica(
+                    f"model {backend.model!r} has no ready replica",
+                    retry_after_s=self.settings.retry_after_s,
+                )
+            backend = await self._cold_start(backend)
+        if backend.adapter is not None and self.adapters is not None:
+            backend = await self._adapter_ready(backend, self.adapters)
+        return backend
+
+    async def _adapter_ready(self, backend: Backend, tracker: AdapterTracker) -> Backend:
+        """`backend` with `replicas` narrowed to those holding its adapter (`pool`: all).
+
+        With none, the request waits (bounded by `adapter_load_wait_s`, counted as waiting) for
+        one to load it, then gets 503 `adapter_loading` with Retry-After; an adapter the
+        operator reports Failed gets that at once, with the reason. An adapter removed
+        meanwhile is a 404, as any unknown model.
+        """
+        holders = tracker.holders(backend)
+        if holders:
+            return replace(backend, replicas=holders, pool=backend.replicas)
+        model, settings = backend.model, self.settings
+        self._check_failed(backend)
+        if not self.admission.try_wait(backend.base_model):
+            raise AdapterLoading(
+                f"adapter {model!r} is loading and {settings.max_waiting_requests} requests"
+                " already wait for its model",
+                retry_after_s=settings.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            async with asyncio.timeout(settings.adapter_load_wait_s):
+                while True:
+                    tracker.poke()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(ADAPTER_RECHECK_S):
+                            await tracker.wait()
+                    current = self.source.resolve(model)
+                    if current is None or current.adapter is None:
+                        raise ModelNotFound(f"model {model!r} not found", param="model")
+                    if holders := tracker.holders(current):
+                        return replace(current, replicas=holders, pool=current.replicas)
+                    self._check_failed(current)
+        except TimeoutError:
+            raise AdapterLoading(
+                f"adapter {model!r} is not loaded on any ready replica yet (waited"
+                f" {settings.adapter_load_wait_s:g} s)",
+                retry_after_s=settings.retry_after_s,
+            ) from None
+        finally:
+            self.admission.done_waiting(backend.base_model)
+            self.metrics.observe_wait(backend.base_model, loop.time() - began)
+
+    def _check_failed(self, backend: Backend) -> None:
+        adapter = backend.adapter
+        if adapter is not None and adapter.state in FAILED:
+            why = f": {adapter.message}" if adapter.message else ""
+            raise AdapterLoading(
+                f"adapter {backend.model!r} is {adapter.state}{why}",
                 retry_after_s=self.settings.retry_after_s,
             )
-        return await self._cold_start(backend)
 
     async def _cold_start(self, backend: Backend) -> Backend:
         """Wait for the first ready replica, asking for one when the model is scaled to zero.
@@ -211,7 +286,8 @@ class Gateway:
         the waiting limit and the cold-start timeout: past either, 503 with Retry-After.
         """
         model, settings = backend.model, self.settings
-        if not self.admission.try_wait(model):
+        base = backend.base_model
+        if not self.admission.try_wait(base):
             raise NoReadyReplica(
                 f"model {model!r} is starting and {settings.max_waiting_requests} requests"
                 " already wait for it",
@@ -231,8 +307,8 @@ class Gateway:
                 retry_after_s=settings.retry_after_s,
             ) from None
         finally:
-            self.admission.done_waiting(model)
-            self.metrics.observe_wait(model, loop.time() - began)
+            self.admission.done_waiting(base)
+            self.metrics.observe_wait(base, loop.time() - began)
         if ready is None:
             raise ModelNotFound(f"model {model!r} not found", param="model")
         return ready
@@ -243,7 +319,7 @@ class Gateway:
         async def ask() -> None:
             try:
                 if await self.source.request_replica(backend):
-                    self.metrics.cold_starts.labels(backend.model).inc()
+                    self.metrics.cold_starts.labels(backend.base_model).inc()
             except Exception:  # the waiting request times out with a 503 on its own
                 log.exception("asking for a replica failed", extra={"model": backend.model})
 
@@ -272,13 +348,14 @@ class Gateway:
             Tracing.end(span, error)
 
     async def _enter(self, backend: Backend, weight: int) -> int:
-        slots = await self.admission.acquire(backend.model, backend.max_concurrent, weight)
-        self.balancer.begin_model(backend.model)
+        """Take slots of the deployment (an adapter's requests share its base's)."""
+        slots = await self.admission.acquire(backend.base_model, backend.max_concurrent, weight)
+        self.balancer.begin_model(backend.base_model)
         return slots
 
     def _leave(self, backend: Backend, slots: int) -> None:
-        self.balancer.end_model(backend.model)
-        self.admission.release(backend.model, slots)
+        self.balancer.end_model(backend.base_model)
+        self.admission.release(backend.base_model, slots)
 
 
 MAX_JSON_DEPTH = 254

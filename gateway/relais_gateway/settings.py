@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     cold_start_timeout_s: float = Field(default=600.0, gt=0)
     """How long a request waits for a model scaled to zero to get a ready replica (a GPU node
     from zero takes minutes) before its 503."""
+    adapter_poll_interval_s: float = Field(default=2.0, gt=0)
+    """How often each ready vLLM replica of a deployment with LoRA adapters is asked which it
+    has loaded (`/v1/models`); a request waiting for an adapter asks at once."""
+    adapter_load_wait_s: float = Field(default=10.0, ge=0)
+    """How long a request for a declared adapter no ready replica has loaded yet waits for one
+    before its 503 `adapter_loading` (with Retry-After)."""
     health_check_interval_s: float = Field(default=5.0, ge=0)
     """Static source: how often each endpoint's health route is checked (0: never; every
     endpoint then counts as ready). Kubernetes: unused, EndpointSlices say what is ready."""

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from relais_gateway.balancer import Balancer
+from relais_gateway.adapters import AdapterTracker
+from relais_gateway.balancer import Affinity, Balancer
 from relais_gateway.errors import (
+    AdapterLoading,
     EngineRejected,
     NoReadyReplica,
     UpstreamError,
@@ -63,12 +65,14 @@ class Upstream:
         balancer: Balancer,
         metrics: Metrics,
         tracing: Tracing | None = None,
+        adapters: AdapterTracker | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.balancer = balancer
         self.metrics = metrics
         self.tracing = tracing
+        self.adapters = adapters
 
     async def whole(
         self,
@@ -101,6 +105,8 @@ class Upstream:
                     raise
             except EngineRejected as exc:
                 error = exc
+                if self._adapter_missing(exc, replica, tried, backend):
+                    continue
                 raise served_name_in(exc, backend) from None
             except BaseException as exc:
                 error = exc
@@ -136,6 +142,8 @@ class Upstream:
                     raise
                 except EngineRejected as exc:
                     error = exc
+                    if self._adapter_missing(exc, replica, tried, backend):
+                        continue
                     raise served_name_in(exc, backend) from None
                 async for chunk in self._relay(replica, resp, first):
                     yield chunk
@@ -151,7 +159,13 @@ class Upstream:
     # ------------------------------------------------------------------ internals
 
     def _pick(self, backend: Backend, tried: list[str], prefix: str) -> str:
-        replica = self.balancer.pick(backend.replicas, tried, prefix=prefix, policy=backend.routing)
+        affinity = None
+        if backend.adapter is not None:
+            names = tuple(a.name for a in backend.adapters) or (backend.adapter.name,)
+            affinity = Affinity(backend.adapter.name, names, backend.pool or backend.replicas)
+        replica = self.balancer.pick(
+            backend.replicas, tried, prefix=prefix, policy=backend.routing, affinity=affinity
+        )
         if replica is None:
             raise NoReadyReplica(
                 f"model {backend.model!r} has no ready replica",
@@ -159,6 +173,24 @@ class Upstream:
             )
         tried.append(replica)
         return replica
+
+    def _adapter_missing(
+        self, exc: EngineRejected, replica: str, tried: list[str], backend: Backend
+    ) -> bool:
+        """A replica answered vLLM's 404 for the adapter (it restarted, or unloaded it): mark
+        it, and True when another replica may take the request (nothing was generated); 503
+        `adapter_loading` when none is left."""
+        adapter = backend.adapter
+        if adapter is None or exc.status != 404 or "does not exist" not in exc.message:
+            return False
+        if self.adapters is not None:
+            self.adapters.missing(replica, adapter.name)
+        if len(tried) < min(MAX_ATTEMPTS, len(backend.replicas)):
+            return True
+        raise AdapterLoading(
+            f"adapter {backend.model!r} is not loaded on any ready replica yet",
+            retry_after_s=self.settings.retry_after_s,
+        ) from None
 
     @staticmethod
     def _retry(exc: Exception, tried: list[str], backend: Backend) -> bool:

@@ -31,9 +31,7 @@ from relais_gateway.errors import (
 )
 
 from tests.fakes import vllm
-from tests.fakes.anthropic import add_anthropic_routes
-from tests.fakes.core import Switches, create_base_app
-from tests.fakes.openai_compat import add_openai_routes
+from tests.fakes.core import Switches
 
 PNG = (  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -802,10 +800,8 @@ def test_models_list_is_an_sdk_page() -> None:
 
 @contextlib.asynccontextmanager
 async def fake_vllm(**switches: Any) -> AsyncIterator[str]:
-    """An in-process fake vLLM with its OpenAI routes and its native Anthropic routes."""
-    app = create_base_app(Switches(**switches))
-    add_openai_routes(app, vllm.FLAVOR)
-    add_anthropic_routes(app, vllm.FLAVOR)
+    """An in-process fake vLLM (its OpenAI routes and its native Anthropic routes)."""
+    app = vllm.create_app(Switches(**switches))
     async with TestServer(app) as server:
         yield str(server.make_url("/")).rstrip("/")
 

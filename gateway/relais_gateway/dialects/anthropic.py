@@ -71,7 +71,7 @@ async def messages(request: Request) -> Response:
     chat = translate.messages_request(body)
     decided = own_openai(chat, backend, CHAT, ROUTES[CHAT])
     if decided.capped:
-        gateway.metrics.capped.labels(backend.model).inc()
+        gateway.metrics.capped.labels(backend.label).inc()
     chat = backend.kind.adapt_openai(chat)
     if decided.stream:
         reader = translate.MessagesStreamTranslator(backend.model)
@@ -81,7 +81,7 @@ async def messages(request: Request) -> Response:
         answer = translate.messages_answer(orjson.loads(reply.body), backend.model)
     usage = answer["usage"]
     deps.count_tokens(
-        request, gateway, backend.model, usage["input_tokens"], usage["output_tokens"]
+        request, gateway, backend.label, usage["input_tokens"], usage["output_tokens"]
     )
     return json_response(answer)
 

@@ -110,7 +110,7 @@ async def stream(
 
     def counted(reader: StreamReader) -> None:
         completion = reader.completion_tokens or reader.lines
-        count_tokens(request, gateway, backend.model, reader.prompt_tokens, completion)
+        count_tokens(request, gateway, backend.label, reader.prompt_tokens, completion)
 
     line_limit = gateway.settings.max_upstream_line_bytes
     out = relayed(first, chunks, reader, counted, line_limit)

@@ -184,7 +184,7 @@ async def _native(
     """Forward an Ollama request to an Ollama engine; its answer back as it was written."""
     owned = own_ollama(body, backend, generates=path in ("/api/chat", "/api/generate"))
     if owned.capped:
-        gateway.metrics.capped.labels(backend.model).inc()
+        gateway.metrics.capped.labels(backend.label).inc()
     rename = renamer(backend.model)
     if owned.stream:
         reader = NdjsonRelay(rename)
@@ -197,7 +197,7 @@ async def _native(
             token_count(data.get("prompt_eval_count")),
             token_count(data.get("eval_count")),
         )
-        count_tokens(request, gateway, backend.model, prompt, count)
+        count_tokens(request, gateway, backend.label, prompt, count)
         if schema[0]:
             check_structured(translate.answer_text(data, path == "/api/chat"), schema[1])
     return json_response(rename(reply.body))
@@ -231,7 +231,7 @@ async def _translated(
             orjson.loads(reply.body), backend.model, chat, started(request)
         )
     prompt, count = answer["prompt_eval_count"], answer["eval_count"]
-    count_tokens(request, gateway, backend.model, prompt, count)
+    count_tokens(request, gateway, backend.label, prompt, count)
     if schema[0] and not (answer.get("message") or {}).get("tool_calls"):
         check_structured(translate.answer_text(answer, chat), schema[1])
     return json_response(answer)
@@ -294,7 +294,7 @@ def _tokens(gateway: Gateway, backend: Backend, body: Json) -> int | None:
         num_predict(ollama_options(body)), backend, "options.num_predict"
     )
     if capped:
-        gateway.metrics.capped.labels(backend.model).inc()
+        gateway.metrics.capped.labels(backend.label).inc()
     return decided
 
 
@@ -350,7 +350,7 @@ async def show(request: Request) -> Response:
 
 def _details(backend: Backend) -> Json:
     return {
-        "parent_model": "",
+        "parent_model": backend.parent,
         "format": "",
         "family": backend.engine,
         "families": [backend.engine],

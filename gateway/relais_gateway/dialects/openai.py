@@ -157,7 +157,7 @@ async def forward(
     gateway.require(backend, path)
     owned = own_openai(body, backend, path, ROUTES.get(path))
     if owned.capped:
-        gateway.metrics.capped.labels(backend.model).inc()
+        gateway.metrics.capped.labels(backend.label).inc()
     body = backend.kind.adapt_openai(body)
     rename = rewrite or renamer(backend.model)
     weight = owned.sequences
@@ -207,7 +207,7 @@ def _count(request: Request, gateway: Gateway, backend: Backend, data: Json) -> 
     if isinstance(usage, dict):
         prompt = token_count(usage.get("prompt_tokens"))
         completion = token_count(usage.get("completion_tokens"))
-        count_tokens(request, gateway, backend.model, prompt, completion)
+        count_tokens(request, gateway, backend.label, prompt, completion)
 
 
 @router.post(
@@ -262,7 +262,7 @@ async def model(
     model: str, request: Request, gateway: GatewayDep, caller: CallerDep
 ) -> dict[str, Any]:
     backend = gateway.source.resolve(model)
-    if backend is None or not caller.allows(model):
+    if backend is None or not caller.allows(backend.label):
         raise ModelNotFound(f"model {model!r} not found", param="model")
     if "anthropic-version" in request.headers:
         card: dict[str, Any] = translate_anthropic.models_list([backend.model])["data"][0]
@@ -279,16 +279,20 @@ CAPABILITIES = {
 
 
 def _model_card(backend: Backend) -> dict[str, Any]:
+    """A model's card; an adapter's names its base in `parent`, as vLLM's listing does."""
     serves = [
         c for c in CAPABILITIES[backend.task] if f"/v1/{c.replace('.', '/')}" in backend.kind.routes
     ]
-    return {
+    card: dict[str, Any] = {
         "id": backend.model,
         "object": "model",
         "created": 0,
         "owned_by": "relais",
         "capabilities": serves,
     }
+    if backend.parent:
+        card["parent"] = backend.parent
+    return card
 
 
 @router.post(
