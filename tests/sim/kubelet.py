@@ -356,9 +356,10 @@ class Kubelet:
         mounts = {m["mountPath"]: dirs[m["name"]] for m in agent.get("volumeMounts") or ()}
         env = {}
         for key, value in world.env_of(agent).items():
-            for mount, where in mounts.items():
+            for mount in sorted(mounts, key=len, reverse=True):  # the deepest mount holds it
                 if value == mount or value.startswith(mount + "/"):
-                    value = str(where) + value[len(mount) :]
+                    value = str(mounts[mount]) + value[len(mount) :]
+                    break
             env[key] = value
         env |= {
             "RELAIS_ENGINE_URL": replica.url,

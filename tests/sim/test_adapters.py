@@ -18,6 +18,7 @@ import aiohttp
 import openai
 import pytest
 
+from tests.fakes.process import FakeEngine
 from tests.sim.cluster import SimCluster, llmdeployment
 from tests.sim.kube import PODS, STATEFULSETS
 
@@ -185,14 +186,22 @@ async def test_a_restarted_replica_gets_its_adapters_back_before_it_takes_adapte
                 return answered >= 10
 
             await sim.wait_for(flowing, "traffic flowing")
-            old = set(sim.replicas("lora"))
+            first = await sim.api.get(PODS, NS, "lora-1")
+            assert first is not None
             await sim.api.delete(PODS, NS, "lora-1")
+
+            async def restarted() -> FakeEngine | None:
+                running = [r for r in sim.kubelet.replicas.values() if r.pod == "lora-1"]
+                fresh = [r for r in running if r.uid != first["metadata"]["uid"] and r.running]
+                return fresh[0].engine if fresh else None
+
+            engine = await sim.wait_for(restarted, "lora-1 running again")
             await sim.wait_ready("lora", 2)
             await wait_adapters(sim, {"support-bot"}, 2)
-            [new] = set(sim.replicas("lora")) - old or set(sim.replicas("lora"))
 
             async def new_replica_used() -> bool:
-                return bool((await adapter_requests(sim)).get(new))
+                log = await engine.requests()
+                return any(r["path"].endswith("/completions") for r in log)
 
             await sim.wait_for(new_replica_used, "adapter traffic on the restarted replica")
         finally:
@@ -202,7 +211,6 @@ async def test_a_restarted_replica_gets_its_adapters_back_before_it_takes_adapte
         assert failures == []
         # The restarted replica's engine: the load came first, then adapter requests, none of
         # them refused (a refusal would be vLLM's 404 for an adapter it has not loaded).
-        [engine] = [e for e in sim.engines("lora") if e.url == new]
         log = await engine.requests()
         paths = [r["path"] for r in log]
         first_load = paths.index("/v1/load_lora_adapter")
