@@ -4,6 +4,9 @@ Owns replica choice (the balancer), in-flight accounting per replica, timeouts (
 byte, stream idle), ejection of failing replicas and the retry: any failure before the first
 byte could reach the client (connection refused or reset, an engine 502/503, a stream that drops
 before its first data) is retried on another replica, for streamed and whole answers alike.
+A replica that answers a LoRA adapter request with vLLM's 404 "does not exist" (it restarted, or
+unloaded the adapter) is marked as not holding it (`adapters.py`) and the request goes to
+another replica the same way.
 Bytes are returned as the engine sent them; reading them is the callers' business.
 """
 
