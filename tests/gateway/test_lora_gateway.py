@@ -500,3 +500,28 @@ def test_two_gateways_send_each_adapter_to_the_same_replica(start_gateway: Gatew
             assert len(served) == 1  # one home, whichever gateway, whatever the conversation
             assert len([b for b in chat_requests(served[0]) if b["model"] == adapter]) == 24
         assert all(fake.lora_sync()["loads"] <= 1 for fake in fakes)  # each loaded once at most
+
+
+def test_responses_and_messages_reach_an_adapter_too(
+    start_gateway: GatewayFactory, holder: FakeEngine, bare: FakeEngine
+) -> None:
+    server = start_gateway([qwen([bare.url, holder.url])])
+    first = oai(server).responses.create(model="qwen_support-bot", input="Hi")
+    assert first.model == "qwen_support-bot"
+    later = oai(server).responses.create(
+        model="qwen_support-bot", input="And?", previous_response_id=first.id
+    )
+    assert later.output_text
+    assert later.model == "qwen_support-bot"
+    stored = oai(server).responses.retrieve(first.id)
+    assert stored.model == "support-bot"  # stored by the adapter, named by it (not the base)
+    messages = httpx.post(
+        server.url + "/v1/messages",
+        json={"model": "support-bot", "max_tokens": 8, "messages": HELLO},
+        headers={"anthropic-version": "2023-06-01"},
+    )
+    assert messages.status_code == 200, messages.text
+    assert messages.json()["model"] == "support-bot"
+    sent = [r["json"]["model"] for r in holder.requests_sync() if r["json"]]
+    assert sent == ["support-bot"] * 3  # (the retrieval is a GET)
+    assert not [r for r in bare.requests_sync() if r["json"]]
