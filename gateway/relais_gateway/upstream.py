@@ -4,6 +4,9 @@ Owns replica choice (the balancer), in-flight accounting per replica, timeouts (
 byte, stream idle), ejection of failing replicas and the retry: any failure before the first
 byte could reach the client (connection refused or reset, an engine 502/503, a stream that drops
 before its first data) is retried on another replica, for streamed and whole answers alike.
+A replica that answers a LoRA adapter request with vLLM's 404 "does not exist" (it restarted, or
+unloaded the adapter) is marked as not holding it (`adapters.py`) and the request goes to
+another replica the same way.
 Bytes are returned as the engine sent them; reading them is the callers' business.
 """
 
@@ -159,12 +162,12 @@ class Upstream:
     # ------------------------------------------------------------------ internals
 
     def _pick(self, backend: Backend, tried: list[str], prefix: str) -> str:
-        affinity = None
-        if backend.adapter is not None:
-            names = tuple(a.name for a in backend.adapters) or (backend.adapter.name,)
-            affinity = Affinity(backend.adapter.name, names, backend.pool or backend.replicas)
         replica = self.balancer.pick(
-            backend.replicas, tried, prefix=prefix, policy=backend.routing, affinity=affinity
+            backend.replicas,
+            tried,
+            prefix=prefix,
+            policy=backend.routing,
+            affinity=affinity(backend),
         )
         if replica is None:
             raise NoReadyReplica(
@@ -359,6 +362,14 @@ before_network_wait: ContextVar[Callable[[], Awaitable[None]] | None] = ContextV
 Chunks decoded from one network read are then sent to the client in one write, and nothing is
 held back while the gateway waits for more: chunks stay unbuffered, writes stay few.
 """
+
+
+def affinity(backend: Backend) -> Affinity | None:
+    """What adapter-affine choice needs for a request to an adapter view (None: not one)."""
+    if backend.adapter is None:
+        return None
+    names = tuple(a.name for a in backend.adapters) or (backend.adapter.name,)
+    return Affinity(backend.adapter.name, names, backend.pool or backend.replicas)
 
 
 def served_name_in(error: EngineRejected, backend: Backend) -> EngineRejected:

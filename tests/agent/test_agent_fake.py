@@ -1,7 +1,8 @@
 """The adapter agent in-process against the fake vLLM (a subprocess speaking vLLM's LoRA API).
 
-The fake's LoRA answers are held to real vLLM's (tests/fakes/test_vllm_transcripts.py); the same
-agent runs against real vLLM in tests/real_engine/test_adapter_agent_real_vllm.py.
+The fake's LoRA answers are held to real vLLM's (tests/fakes/test_vllm_transcripts.py); the
+scenarios of tests/agent/scenarios.py also run against real vLLM
+(tests/real_engine/test_adapter_agent_real_vllm.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from relais_operator.adapter_agent import AgentSettings
 
 from tests.agent.helpers import make_adapter, report, running, settings_for, states, wait_for
 from tests.agent.helpers import write_file as write
+from tests.agent.scenarios import load_call_unload
 from tests.fakes.process import FakeEngine
 
 BASE = "base-model"
@@ -58,6 +60,11 @@ async def test_loads_the_declared_adapters_and_reports_them_ready(
         "a": str(cache / "adapters/a"),
         "b": str(cache / "adapters/b"),
     }
+
+
+async def test_load_call_unload_as_on_real_vllm(fake: FakeEngine, settings: AgentSettings) -> None:
+    make_adapter(settings.cache_path / "adapters/tiny-lora")
+    await load_call_unload(settings, "tiny-lora", "adapters/tiny-lora", BASE)
 
 
 async def test_unloads_a_removed_adapter_and_reloads_a_moved_one(

@@ -479,3 +479,49 @@ def test_an_adapter_removed_from_the_static_file_is_404_without_a_restart(
     path.write_text("deployments: [{name: broken")  # a bad edit keeps what is in force
     time.sleep(0.5)
     assert client.chat(model=BASE, messages=HELLO).model == BASE
+
+
+def test_two_gateways_send_each_adapter_to_the_same_replica(start_gateway: GatewayFactory) -> None:
+    with (
+        FakeEngine("vllm", models=[BASE], max_loras=2, lora_modules=modules(LOADED)) as one,
+        FakeEngine("vllm", models=[BASE], max_loras=2, lora_modules=modules(LOADED)) as two,
+        FakeEngine("vllm", models=[BASE], max_loras=2, lora_modules=modules(LOADED)) as three,
+    ):
+        fakes = (one, two, three)
+        urls = [fake.url for fake in fakes]
+        gateways = [start_gateway([qwen(urls)]), start_gateway([qwen(urls[::-1])])]
+        for i in range(12):
+            for server in gateways:
+                for name in ("support-bot", "qwen_sql-writer"):
+                    question = [{"role": "user", "content": f"conversation {i}"}]
+                    oai(server).chat.completions.create(model=name, messages=question)  # type: ignore[arg-type]
+        for adapter in LOADED:
+            served = [f for f in fakes if any(b["model"] == adapter for b in chat_requests(f))]
+            assert len(served) == 1  # one home, whichever gateway, whatever the conversation
+            assert len([b for b in chat_requests(served[0]) if b["model"] == adapter]) == 24
+        assert all(fake.lora_sync()["loads"] <= 1 for fake in fakes)  # each loaded once at most
+
+
+def test_responses_and_messages_reach_an_adapter_too(
+    start_gateway: GatewayFactory, holder: FakeEngine, bare: FakeEngine
+) -> None:
+    server = start_gateway([qwen([bare.url, holder.url])])
+    first = oai(server).responses.create(model="qwen_support-bot", input="Hi")
+    assert first.model == "qwen_support-bot"
+    later = oai(server).responses.create(
+        model="qwen_support-bot", input="And?", previous_response_id=first.id
+    )
+    assert later.output_text
+    assert later.model == "qwen_support-bot"
+    stored = oai(server).responses.retrieve(first.id)
+    assert stored.model == "support-bot"  # stored by the adapter, named by it (not the base)
+    messages = httpx.post(
+        server.url + "/v1/messages",
+        json={"model": "support-bot", "max_tokens": 8, "messages": HELLO},
+        headers={"anthropic-version": "2023-06-01"},
+    )
+    assert messages.status_code == 200, messages.text
+    assert messages.json()["model"] == "support-bot"
+    sent = [r["json"]["model"] for r in holder.requests_sync() if r["json"]]
+    assert sent == ["support-bot"] * 3  # (the retrieval is a GET)
+    assert not [r for r in bare.requests_sync() if r["json"]]

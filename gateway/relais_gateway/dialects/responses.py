@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from collections.abc import Iterable
 
+import orjson
 from fastapi import APIRouter, Request, Response
 
 from relais_gateway.deps import caller_of, gateway_of, note_model, request_body, request_id
@@ -27,6 +29,7 @@ from relais_gateway.prefix import prompt_prefix
 from relais_gateway.registry import Backend
 from relais_gateway.relay import Rename
 from relais_gateway.service import Gateway, cancel_on_disconnect
+from relais_gateway.upstream import affinity
 
 router = APIRouter(prefix="/v1/responses", tags=["OpenAI"])
 
@@ -49,13 +52,21 @@ def replica_token(replica: str) -> str:
 
 class TagResponseIds(Rename):
     """The served name put back, and every response id the engine wrote given its replica's
-    token (in `id`, `previous_response_id`, `response_id`: every id of that engine is its)."""
+    token (in `id`, `previous_response_id`, `response_id`: every id of that engine is its).
 
-    __slots__ = ("_suffix",)
+    `keep`: model names left as the engine wrote them (a stored response of one of the
+    deployment's LoRA adapters names that adapter, not the base)."""
 
-    def __init__(self, served_name: str, replica: str) -> None:
+    __slots__ = ("_keep", "_suffix")
+
+    def __init__(self, served_name: str, replica: str, keep: Iterable[str] = ()) -> None:
         super().__init__(served_name)
         self._suffix = (SEPARATOR + replica_token(replica)).encode()
+        self._keep = frozenset(orjson.dumps(name) for name in keep)
+
+    def _replace(self, match: re.Match[bytes]) -> bytes:
+        written = match.group(0)[len(b'"model":') + len(match.group(1)) :]
+        return match.group(0) if written in self._keep else super()._replace(match)
 
     def __call__(self, data: bytes) -> bytes:
         data = super().__call__(data)
@@ -105,24 +116,28 @@ async def create(request: Request) -> Response:
                 "previous_response_id must be a string", param="previous_response_id"
             )
         pinned, engine_id, replica = replica_of(request, gateway, previous)
-        if pinned.model != backend.model:
+        if pinned.base_model != backend.base_model:  # its base or one of its adapters may go on
             raise InvalidRequest(
                 f"response {previous!r} was made by another model than {backend.model!r}",
                 param="previous_response_id",
             )
-        backend = pinned
+        note_model(request, gateway, owned.model)  # the model asked for, not the replica's first
+        backend = dataclasses.replace(backend, replicas=(replica,))
         body["previous_response_id"] = engine_id
     else:
         # The replica is chosen here, not per attempt: the ids of its answer must name it.
         backend = await cancel_on_disconnect(request.receive, gateway.ready(backend))
         prefix = prompt_prefix(_prompt(body), backend.routing.prefix_char_length)
-        chosen = gateway.balancer.pick(backend.replicas, prefix=prefix, policy=backend.routing)
+        chosen = gateway.balancer.pick(
+            backend.replicas, prefix=prefix, policy=backend.routing, affinity=affinity(backend)
+        )
         if chosen is None:
             raise NoReadyReplica(
                 f"model {backend.model!r} has no ready replica",
                 retry_after_s=gateway.settings.retry_after_s,
             )
         replica = chosen
+        note_model(request, gateway, owned.model)  # the model asked for, not the replica's first
         backend = dataclasses.replace(backend, replicas=(replica,))
     tag = TagResponseIds(backend.model, replica)
     return await openai.forward(request, gateway, backend, RESPONSES, body, raw=True, rewrite=tag)
@@ -144,7 +159,8 @@ async def _stored(request: Request, response_id: str, suffix: str, method: str) 
     reply = await gateway.lookup(
         backend, f"{path}?{query}" if query else path, None, request_id(request), method
     )
-    tagged = TagResponseIds(backend.model, replica)(reply.body)
+    keep = [adapter.name for adapter in backend.adapters]
+    tagged = TagResponseIds(backend.base_model, replica, keep)(reply.body)
     return json_response(tagged, media_type=reply.content_type)
 
 
