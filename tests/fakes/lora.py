@@ -112,6 +112,13 @@ def lora_state(app: web.Application) -> LoraState:
     return app[LORA]
 
 
+def adapters_of(app: web.Application) -> dict[str, str]:
+    """The adapters an app holds; none for an app built without `mount` (only the routes of
+    `vllm.FLAVOR`, as some gateway tests build it)."""
+    state = app.get(LORA)
+    return state.adapters if state is not None else {}
+
+
 def has_adapter(path: str) -> bool:
     """What vLLM checks first: a PEFT adapter config at the path."""
     return (Path(path) / "adapter_config.json").is_file()

@@ -74,7 +74,7 @@ def resolve_model(request: web.Request, requested: str) -> str:
     served = served_models(request)
     if not requested:
         return served[0]
-    if requested not in served and requested not in request.app[lora.LORA].adapters:
+    if requested not in served and requested not in lora.adapters_of(request.app):
         aliases = ", ".join(served)
         raise BadRequest(f"The model `{requested}` does not exist. Valid aliases: {aliases}.", 404)
     return requested
@@ -112,7 +112,7 @@ def model_cards(request: web.Request) -> list[dict[str, Json]]:
     first served model, as vLLM lists adapters loaded without a base name)."""
     served = served_models(request)
     cards = [model_card(name) for name in served]
-    for name, path in request.app[lora.LORA].adapters.items():
+    for name, path in lora.adapters_of(request.app).items():
         card = model_card(name)
         card |= {"root": path, "parent": served[0], "max_model_len": None}
         cards.append(card)
@@ -121,8 +121,8 @@ def model_cards(request: web.Request) -> list[dict[str, Json]]:
 
 async def bring_in_lora(request: web.Request, model: str) -> None:
     """A request for a LoRA waits while the adapter is brought into a GPU slot."""
-    state = request.app[lora.LORA]
-    if model in state.adapters:
+    state = request.app.get(lora.LORA)
+    if state is not None and model in state.adapters:
         await state.activate(model)
 
 
