@@ -282,7 +282,8 @@ class Agent:
         try:
             await self._post(http, "/v1/load_lora_adapter", body, LOAD_TIMEOUT)
         except EngineError as exc:
-            self._fail(action.name, str(exc))
+            # vLLM writes `<path>` for paths under /tmp, /home, /var...: the agent knows which.
+            self._fail(action.name, str(exc).replace("<path>", action.path))
             return
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         self._ready(action.name)

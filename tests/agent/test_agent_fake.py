@@ -91,9 +91,11 @@ async def test_a_missing_path_fails_with_the_engines_message_and_the_others_stay
     write(settings.adapters_file, [adapter(settings, "a"), missing])
     async with running(settings) as url:
         got = await wait_for(url, states({"a": "Ready", "broken": "Failed"}))
-        # the fake sanitizes paths as vLLM does (tmp paths become <path>; /data/... stays)
-        assert got["broken"]["message"] == (
-            "Loading lora broken failed: No adapter found for <path>"
+        # The fake sanitizes paths as vLLM does (tmp paths become <path>; /data/... stays);
+        # the agent puts back the path it asked for.
+        where = settings.cache_path / "adapters/not-there"
+        assert (
+            got["broken"]["message"] == f"Loading lora broken failed: No adapter found for {where}"
         )
         make_adapter(settings.cache_path / "adapters/not-there")  # fixed: the retry succeeds
         await wait_for(url, states({"a": "Ready", "broken": "Ready"}))
