@@ -19,6 +19,7 @@ from tests.real_engine import vllm
 
 MAX_TOKENS = 16  # what most tests ask for: few tokens keep the session short
 GATEWAY_MAX_TOKENS = 32  # the deployment's requestLimits.maxTokens (tool calls need a few more)
+LORA_ADAPTER = "tiny-lora"  # declared on the chat deployment of the session's gateway
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +47,9 @@ def gateway_url(vllm_servers: dict[str, vllm.VllmServer]) -> Iterator[str]:
     """A real gateway process with a static config: both real servers as `engine: vllm`."""
     chat = _deployment(vllm.CHAT_SPEC, vllm_servers[vllm.CHAT_SPEC["servedModelName"]].url)
     chat["requestLimits"] = {"maxTokens": GATEWAY_MAX_TOKENS}
+    # The adapter the LoRA tests load (test_adapter_agent_real_vllm.py); until then, requests
+    # for it wait and then get 503 adapter_loading, and no other test names it.
+    chat["adapters"] = [{"name": LORA_ADAPTER}]
     embed = _deployment(vllm.EMBED_SPEC, vllm_servers[vllm.EMBED_SPEC["servedModelName"]].url)
     config = {"deployments": [chat, embed], "auth": {"disabled": True}}
     with servers.gateway(config) as url:
