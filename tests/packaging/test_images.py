@@ -19,8 +19,16 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from relais_operator.resources import (
+    ADAPTERS_KEY,
+    ADAPTERS_MOUNT,
+    AGENT_CONTAINER,
+    build_workload,
+)
+from relais_operator.settings import OperatorSettings
 
 from tests.fakes.process import FakeEngine
+from tests.operator.builders import make
 from tests.packaging.conftest import run
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
@@ -222,3 +230,58 @@ def test_image_leaves_out_what_it_does_not_run(
         "-c", probe, *LEFT_OUT[component],
     ).stdout  # fmt: skip
     assert found.strip() == "[]"
+
+
+def test_operator_image_runs_the_adapter_agent_as_the_pod_does(
+    docker: str, images: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    """The `adapter-agent` container exactly as the operator builds it (command, environment,
+    read-only root, no capabilities), from the operator image, beside a fake vLLM (host network
+    stands in for the pod's loopback): it loads the ConfigMap's adapter from the cache volume."""
+    spec = {"engine": "vllm", "model": "org/base", "servedModelName": "base", "lora": {}}
+    llm = make("llm", spec)
+    pod = build_workload(llm, OperatorSettings())["spec"]["template"]["spec"]
+    [agent] = [c for c in pod["containers"] if c["name"] == AGENT_CONTAINER]
+    cache, config = tmp_path / "cache", tmp_path / "config"
+    folder = cache / "adapters" / "support-bot"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    config.mkdir()
+    adapters = {"adapters": [{"name": "support-bot", "source": "adapters/support-bot"}]}
+    (config / ADAPTERS_KEY).write_text(json.dumps(adapters))
+    for path in (cache, config, *cache.rglob("*"), *config.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    with FakeEngine("vllm", models=["base"]) as fake:
+        port = free_port()
+        env = {var["name"]: var["value"] for var in agent["env"] if "value" in var}
+        env |= {"RELAIS_ENGINE_URL": fake.url, "RELAIS_AGENT_PORT": str(port)}
+        env["RELAIS_AGENT_HOST"] = "127.0.0.1"
+        flags = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
+        name = f"relais-agent-test-{uuid.uuid4().hex[:8]}"
+        run(
+            docker, "run", "--detach", "--name", name, "--network", "host",
+            "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges",
+            "--volume", f"{cache}:{env['RELAIS_CACHE_PATH']}:ro",
+            "--volume", f"{config}:{ADAPTERS_MOUNT}:ro",
+            *flags, "--entrypoint", agent["command"][0], images["operator"], *agent["command"][1:],
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(docker, name, url)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with urllib.request.urlopen(f"{url}/adapters", timeout=5) as response:
+                    [state] = json.loads(response.read())["adapters"]
+                if state["state"] == "Ready":
+                    break
+                time.sleep(0.5)
+            assert state == {"name": "support-bot", "state": "Ready", "message": "loaded"}
+            with urllib.request.urlopen(f"{fake.url}/v1/models", timeout=5) as response:
+                cards = json.loads(response.read())["data"]
+            loaded = {c["id"]: c["root"] for c in cards if c.get("parent")}
+            assert loaded == {"support-bot": f"{env['RELAIS_CACHE_PATH']}/adapters/support-bot"}
+        finally:
+            logs = run(docker, "logs", name, check=False)
+            print(logs.stdout[-3000:], logs.stderr[-3000:])
+            run(docker, "rm", "--force", name, check=False)
