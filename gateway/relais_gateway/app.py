@@ -22,23 +22,23 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from relais_gateway.adapters import AdapterTracker
-from relais_gateway.admission import Admission
-from relais_gateway.auth import Authenticator, FailureThrottle
-from relais_gateway.balancer import Balancer
 from relais_gateway.config import AuthConfig, load_auth_file, load_static_auth, load_static_config
-from relais_gateway.cors import Cors
-from relais_gateway.deps import GatewayDep
 from relais_gateway.dialects import anthropic, audio, ollama, openai, responses
-from relais_gateway.edge import EdgeMiddleware
+from relais_gateway.edge.cors import Cors
+from relais_gateway.edge.deps import GatewayDep
+from relais_gateway.edge.metrics import Metrics
+from relais_gateway.edge.middleware import EdgeMiddleware
+from relais_gateway.edge.tracing import from_environment as tracing_from_environment
 from relais_gateway.errors import GatewayError, from_validation, render_error
-from relais_gateway.metrics import Metrics
-from relais_gateway.registry import BackendSource, StaticSource
-from relais_gateway.reload import AuthReloader, DeploymentsReloader
-from relais_gateway.service import Gateway
+from relais_gateway.forward.service import Gateway
+from relais_gateway.forward.upstream import Upstream
+from relais_gateway.policy.admission import Admission
+from relais_gateway.policy.auth import Authenticator, FailureThrottle
+from relais_gateway.policy.reload import AuthReloader, DeploymentsReloader
+from relais_gateway.routing.adapters import AdapterTracker
+from relais_gateway.routing.balancer import Balancer
+from relais_gateway.routing.registry import BackendSource, StaticSource
 from relais_gateway.settings import Settings
-from relais_gateway.tracing import from_environment as tracing_from_environment
-from relais_gateway.upstream import Upstream
 
 log = logging.getLogger("relais_gateway")
 
@@ -46,7 +46,7 @@ log = logging.getLogger("relais_gateway")
 def sources_from_settings(settings: Settings) -> tuple[BackendSource, AuthConfig]:
     """The backend source and auth config the settings name (raises on a bad file)."""
     if settings.source == "kubernetes":
-        from relais_gateway.kubernetes import KubernetesSource
+        from relais_gateway.routing.kubernetes import KubernetesSource
 
         if settings.auth_file is None:
             raise ValueError("--source kubernetes needs --auth-file")

@@ -12,8 +12,8 @@ import yaml
 from pydantic import ValidationError
 
 from relais_gateway.app import create_app
-from relais_gateway.logs import setup_logging
-from relais_gateway.server import BoundedHttpToolsProtocol
+from relais_gateway.edge.logs import setup_logging
+from relais_gateway.edge.server import BoundedHttpToolsProtocol
 from relais_gateway.settings import Settings
 
 

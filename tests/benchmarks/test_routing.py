@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from relais_gateway.config import StaticDeployment
-from relais_gateway.prefix import chat_prefix
+from relais_gateway.routing.prefix import chat_prefix
 
 from benchmarks.routing import (
     Outcome,

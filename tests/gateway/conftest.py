@@ -18,8 +18,8 @@ import uvicorn
 from fastapi import FastAPI
 from relais_gateway.app import create_app
 from relais_gateway.config import AuthConfig, StaticDeployment
-from relais_gateway.registry import BackendSource, StaticSource
-from relais_gateway.service import Gateway
+from relais_gateway.forward.service import Gateway
+from relais_gateway.routing.registry import BackendSource, StaticSource
 from relais_gateway.settings import Settings
 
 from tests.fakes.process import FakeEngine

@@ -15,7 +15,7 @@ import httpx
 import kmock
 import openai
 import pytest
-from relais_gateway.kubernetes import KubeAccess, KubernetesSource
+from relais_gateway.routing.kubernetes import KubeAccess, KubernetesSource
 
 from tests.fakes.process import FakeEngine
 from tests.gateway.conftest import GatewayFactory, GatewayServer

@@ -14,7 +14,7 @@ import httpx
 import kmock
 import openai
 import pytest
-from relais_gateway.kubernetes import (
+from relais_gateway.routing.kubernetes import (
     KubeAccess,
     KubernetesSource,
     build_backends,

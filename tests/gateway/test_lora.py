@@ -11,11 +11,11 @@ import orjson
 import pytest
 from pydantic import ValidationError
 from relais_api import Routing
-from relais_gateway.adapters import AdapterTracker, View, loaded_adapters
-from relais_gateway.balancer import ADAPTER_SLACK, Affinity, Balancer, homes
 from relais_gateway.config import StaticDeployment
-from relais_gateway.kubernetes import build_backends
-from relais_gateway.registry import Adapter, Backend, MemorySource, backend_from_static
+from relais_gateway.routing.adapters import AdapterTracker, View, loaded_adapters
+from relais_gateway.routing.balancer import ADAPTER_SLACK, Affinity, Balancer, homes
+from relais_gateway.routing.kubernetes import build_backends
+from relais_gateway.routing.registry import Adapter, Backend, MemorySource, backend_from_static
 
 PREFIX = Routing(strategy="PrefixHash", prefix_char_length=100, load_factor=1.25)
 LEAST = Routing(strategy="LeastLoad")
@@ -56,7 +56,7 @@ def test_an_adapter_resolves_by_name_and_alias_and_the_engine_gets_its_name() ->
 
 
 def test_clashes_are_logged_and_the_served_model_wins(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "relais_gateway.registry")
+    caplog.set_level(logging.WARNING, "relais_gateway.routing.registry")
     source = MemorySource(
         [
             base("alpha", "beta", "shared", "own"),  # `beta` is another deployment's name

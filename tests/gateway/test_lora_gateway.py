@@ -21,8 +21,8 @@ import pytest
 import yaml
 from langchain_openai import ChatOpenAI
 from relais_gateway.config import StaticDeployment, load_static_config
-from relais_gateway.kubernetes import KubeAccess, KubernetesSource
-from relais_gateway.registry import Adapter, Backend, MemorySource, StaticSource
+from relais_gateway.routing.kubernetes import KubeAccess, KubernetesSource
+from relais_gateway.routing.registry import Adapter, Backend, MemorySource, StaticSource
 
 from tests.fakes.process import FakeEngine
 from tests.fakes.recording import RecordingProxy

@@ -7,10 +7,10 @@ import collections
 
 import pytest
 from relais_api import Routing
-from relais_gateway.admission import Admission
-from relais_gateway.balancer import Balancer
 from relais_gateway.errors import RateLimited
-from relais_gateway.prefix import chat_prefix, prompt_prefix
+from relais_gateway.policy.admission import Admission
+from relais_gateway.routing.balancer import Balancer
+from relais_gateway.routing.prefix import chat_prefix, prompt_prefix
 
 PREFIX = Routing(strategy="PrefixHash", prefix_char_length=100, load_factor=1.25)
 REPLICAS = tuple(f"http://10.0.0.{i}:8000" for i in range(1, 5))

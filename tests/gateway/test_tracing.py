@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-from relais_gateway.tracing import enabled
+from relais_gateway.edge.tracing import enabled
 
 from tests.fakes import servers
 from tests.fakes.process import FakeEngine

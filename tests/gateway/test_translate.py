@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 import pytest
-from relais_gateway import translate
+from relais_gateway.dialects import translate_ollama as translate
 from relais_gateway.errors import InvalidRequest, UpstreamError
-from relais_gateway.relay import NdjsonRelay, SseRelay, renamer
+from relais_gateway.forward.relay import NdjsonRelay, SseRelay, renamer
 
 PNG = (  # a 1x1 PNG, base64 as Ollama clients send images
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from anthropic.types import Message, RawMessageStreamEvent
 from anthropic.types.shared import ErrorResponse
 from pydantic import TypeAdapter
-from relais_gateway import translate_anthropic as ta
+from relais_gateway.dialects import translate_anthropic as ta
 from relais_gateway.dialects.common import StreamReader
 from relais_gateway.errors import (
     GatewayError,

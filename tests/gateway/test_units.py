@@ -11,11 +11,8 @@ import orjson
 import pydantic
 import pytest
 from aiohttp.base_protocol import BaseProtocol
-from relais_gateway.auth import Authenticator, TokenBucket
-from relais_gateway.balancer import Balancer
 from relais_gateway.config import AuthConfig, StaticConfig, load_auth_file
 from relais_gateway.dialects.common import ChunkStreamResponse
-from relais_gateway.engines import ENGINES, ROUTES
 from relais_gateway.errors import (
     AuthenticationFailed,
     InvalidModelOutput,
@@ -26,12 +23,15 @@ from relais_gateway.errors import (
     from_engine_status,
     render_error,
 )
+from relais_gateway.forward.service import check_structured
+from relais_gateway.forward.upstream import before_network_wait, read_upstream
 from relais_gateway.main import parse_args
-from relais_gateway.registry import StaticSource
-from relais_gateway.reload import AuthReloader
-from relais_gateway.service import check_structured
+from relais_gateway.policy.auth import Authenticator, TokenBucket
+from relais_gateway.policy.reload import AuthReloader
+from relais_gateway.routing.balancer import Balancer
+from relais_gateway.routing.engines import ENGINES, ROUTES
+from relais_gateway.routing.registry import StaticSource
 from relais_gateway.settings import Settings
-from relais_gateway.upstream import before_network_wait, read_upstream
 from starlette.types import Message
 
 

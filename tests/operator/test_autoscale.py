@@ -257,9 +257,9 @@ def test_invariants_hold_whatever_the_demand(
 def test_parser_reads_the_real_gateways_page() -> None:
     """The contract with the gateway: its own /metrics text, as it renders it."""
     from prometheus_client import generate_latest
-    from relais_gateway.admission import Admission
-    from relais_gateway.balancer import Balancer
-    from relais_gateway.metrics import Metrics
+    from relais_gateway.edge.metrics import Metrics
+    from relais_gateway.policy.admission import Admission
+    from relais_gateway.routing.balancer import Balancer
 
     balancer, admission = Balancer(cooldown_s=1), Admission(10, 1, 1)
     metrics = Metrics(balancer, admission)

@@ -48,7 +48,7 @@ def test_every_requirement_is_pinned() -> None:
 async def test_kubeconfig_without_kubernetes_asyncio_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from relais_gateway.kubernetes import kubeconfig_access
+    from relais_gateway.routing.kubernetes import kubeconfig_access
 
     monkeypatch.setitem(sys.modules, "kubernetes_asyncio", None)  # as in the gateway image
     with pytest.raises(RuntimeError, match=r"pip install 'relais\[gateway,kubeconfig\]'"):

@@ -90,6 +90,7 @@ def included(path: str, patterns: list[str]) -> bool:
         ("pyproject.toml", True),
         ("constraints.txt", True),
         ("gateway/relais_gateway/app.py", True),
+        ("gateway/relais_gateway/routing/balancer.py", True),
         ("operator/relais_operator/main.py", True),
         (".venv/bin/python", False),
         (".cache/models/gemma.gguf", False),

@@ -1,1 +1,2 @@
-"""Client dialects: wire models in and out of the canonical request and event stream."""
+"""Client dialects, one module per wire format the gateway serves, and the translations to
+OpenAI's for engines that lack one; `app.py` mounts their routers."""

@@ -17,15 +17,15 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from relais_gateway import deps
-from relais_gateway import translate_anthropic as translate
-from relais_gateway.deps import request_body
+from relais_gateway.dialects import translate_anthropic as translate
 from relais_gateway.dialects.common import check, json_response, read_json, stream, whole
 from relais_gateway.dialects.openai import SSE, SSE_HEADERS, admit, forward
-from relais_gateway.engines import CHAT, MESSAGES, ROUTES
+from relais_gateway.edge import deps
+from relais_gateway.edge.deps import request_body
 from relais_gateway.errors import NotSupported, malformed_answer
-from relais_gateway.owned import own_openai
-from relais_gateway.registry import Backend
+from relais_gateway.forward.owned import own_openai
+from relais_gateway.routing.engines import CHAT, MESSAGES, ROUTES
+from relais_gateway.routing.registry import Backend
 
 router = APIRouter(prefix="/v1", tags=["Anthropic"])
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from relais_gateway import multipart
-from relais_gateway.deps import request_id, started
+from relais_gateway.dialects import multipart
 from relais_gateway.dialects.common import json_response
 from relais_gateway.dialects.openai import admit
+from relais_gateway.edge.deps import request_id, started
 from relais_gateway.errors import InvalidRequest
-from relais_gateway.relay import renamer
+from relais_gateway.forward.relay import renamer
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI"])
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from relais_gateway.deps import count_tokens, request_id, started
+from relais_gateway.edge.deps import count_tokens, request_id, started
 from relais_gateway.errors import (
     ClientClosedRequest,
     GatewayError,
@@ -21,9 +21,9 @@ from relais_gateway.errors import (
     UpstreamTooLarge,
     from_validation,
 )
-from relais_gateway.registry import Backend
-from relais_gateway.service import MAX_JSON_DEPTH, Gateway, cancel_on_disconnect, encode
-from relais_gateway.upstream import Reply, before_network_wait
+from relais_gateway.forward.service import MAX_JSON_DEPTH, Gateway, cancel_on_disconnect, encode
+from relais_gateway.forward.upstream import Reply, before_network_wait
+from relais_gateway.routing.registry import Backend
 
 Json = dict[str, Any]
 M = TypeVar("M", bound=BaseModel)

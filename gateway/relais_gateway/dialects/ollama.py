@@ -1,11 +1,11 @@
 """The Ollama dialect: `/api/...` routes, and `/` ("Ollama is running"), as Ollama serves them.
 
 In front of an Ollama engine the body is forwarded as sent, except the fields the gateway owns
-(`owned.py`: the model renamed, `stream`, `num_predict` defaulted and capped, the runtime options
-and `keep_alive` the deployment's), and the NDJSON answer streams back as Ollama wrote it. In
-front of an OpenAI-only engine (vLLM, TGI, llama.cpp) `translate.py` carries the request across.
-Model management (`pull`, `push`, `create`, `copy`, `delete`) is Kubernetes' job here: a clear
-403; so is unloading: a request to unload a model gets Ollama's answer and unloads nothing.
+(`forward/owned.py`: the model renamed, `stream`, `num_predict` defaulted and capped, the runtime
+options and `keep_alive` the deployment's), and the NDJSON answer streams back as Ollama wrote it.
+In front of an OpenAI-only engine (vLLM, TGI, llama.cpp) `translate_ollama.py` carries the request
+across. Model management (`pull`, `push`, `create`, `copy`, `delete`) is Kubernetes' job here: a
+clear 403; so is unloading: a request to unload a model gets Ollama's answer and unloads nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from relais_gateway import translate
-from relais_gateway.deps import (
+from relais_gateway.dialects import translate_ollama as translate
+from relais_gateway.dialects.common import Json, check, json_response, read_json, stream, whole
+from relais_gateway.edge.deps import (
     CallerDep,
     GatewayDep,
     caller_of,
@@ -29,10 +30,8 @@ from relais_gateway.deps import (
     request_id,
     started,
 )
-from relais_gateway.dialects.common import Json, check, json_response, read_json, stream, whole
-from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS, ROUTES
 from relais_gateway.errors import GatewayError, InvalidRequest, NotFound, malformed_answer
-from relais_gateway.owned import (
+from relais_gateway.forward.owned import (
     check_inputs,
     decide_tokens,
     num_predict,
@@ -40,10 +39,11 @@ from relais_gateway.owned import (
     own_ollama,
     own_openai,
 )
-from relais_gateway.prefix import chat_prefix, prompt_prefix
-from relais_gateway.registry import Backend
-from relais_gateway.relay import NdjsonRelay, renamer, token_count
-from relais_gateway.service import Gateway, check_json_schema, check_structured
+from relais_gateway.forward.relay import NdjsonRelay, renamer, token_count
+from relais_gateway.forward.service import Gateway, check_json_schema, check_structured
+from relais_gateway.routing.engines import CHAT, COMPLETIONS, EMBEDDINGS, ROUTES
+from relais_gateway.routing.prefix import chat_prefix, prompt_prefix
+from relais_gateway.routing.registry import Backend
 
 router = APIRouter(prefix="/api", tags=["Ollama"])
 root_router = APIRouter(tags=["Ollama"])

@@ -1,7 +1,7 @@
 """The OpenAI dialect: `/v1/...` routes, forwarded to every engine's OpenAI-compatible server.
 
-The body is forwarded as the client sent it. The gateway owns a few fields (`owned.py`): `model`
-(renamed to the engine's own name), `stream`, the output-token limit and the sequences from
+The body is forwarded as the client sent it. The gateway owns a few fields (`forward/owned.py`):
+`model` (renamed to the engine's own name), `stream`, the output-token limit and the sequences from
 `requestLimits`, and the usage chunk of streams (asked for when the client did not, read for
 metrics, then dropped). The models below validate only what the gateway reads; every other field
 reaches the engine untouched. Only inference routes reach an engine (`engines.ROUTES`).
@@ -15,16 +15,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from relais_gateway import translate_anthropic
-from relais_gateway.deps import (
-    CallerDep,
-    GatewayDep,
-    caller_of,
-    count_tokens,
-    gateway_of,
-    note_model,
-    request_body,
-)
+from relais_gateway.dialects import translate_anthropic
 from relais_gateway.dialects.common import (
     Json,
     check,
@@ -33,7 +24,15 @@ from relais_gateway.dialects.common import (
     stream,
     whole,
 )
-from relais_gateway.engines import CHAT, COMPLETIONS, EMBEDDINGS, ROUTES
+from relais_gateway.edge.deps import (
+    CallerDep,
+    GatewayDep,
+    caller_of,
+    count_tokens,
+    gateway_of,
+    note_model,
+    request_body,
+)
 from relais_gateway.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -41,11 +40,12 @@ from relais_gateway.errors import (
     UpstreamError,
     malformed_answer,
 )
-from relais_gateway.owned import own_openai
-from relais_gateway.prefix import chat_prefix, prompt_prefix
-from relais_gateway.registry import Backend
-from relais_gateway.relay import RawRelay, Rewrite, SseRelay, renamer, token_count
-from relais_gateway.service import Gateway, check_json_schema, check_structured
+from relais_gateway.forward.owned import own_openai
+from relais_gateway.forward.relay import RawRelay, Rewrite, SseRelay, renamer, token_count
+from relais_gateway.forward.service import Gateway, check_json_schema, check_structured
+from relais_gateway.routing.engines import CHAT, COMPLETIONS, EMBEDDINGS, ROUTES
+from relais_gateway.routing.prefix import chat_prefix, prompt_prefix
+from relais_gateway.routing.registry import Backend
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 

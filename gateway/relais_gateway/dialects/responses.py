@@ -20,16 +20,16 @@ from collections.abc import Iterable
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from relais_gateway.deps import caller_of, gateway_of, note_model, request_body, request_id
 from relais_gateway.dialects import openai
 from relais_gateway.dialects.common import Json, check, json_response, read_json
-from relais_gateway.engines import RESPONSES
+from relais_gateway.edge.deps import caller_of, gateway_of, note_model, request_body, request_id
 from relais_gateway.errors import GatewayError, InvalidRequest, NoReadyReplica
-from relais_gateway.prefix import prompt_prefix
-from relais_gateway.registry import Backend
-from relais_gateway.relay import Rename
-from relais_gateway.service import Gateway, cancel_on_disconnect
-from relais_gateway.upstream import affinity
+from relais_gateway.forward.relay import Rename
+from relais_gateway.forward.service import Gateway, cancel_on_disconnect
+from relais_gateway.forward.upstream import affinity
+from relais_gateway.routing.engines import RESPONSES
+from relais_gateway.routing.prefix import prompt_prefix
+from relais_gateway.routing.registry import Backend
 
 router = APIRouter(prefix="/v1/responses", tags=["OpenAI"])
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from relais_gateway.auth import Authenticator
 from relais_gateway.config import AuthConfig, StaticDeployment, load_static_config
-from relais_gateway.registry import StaticSource
+from relais_gateway.policy.auth import Authenticator
+from relais_gateway.routing.registry import StaticSource
 
-log = logging.getLogger("relais_gateway.reload")
+log = logging.getLogger("relais_gateway.policy.reload")
 
 
 def digest(path: Path) -> bytes | None:

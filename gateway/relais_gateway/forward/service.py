@@ -20,11 +20,8 @@ import jsonschema
 import orjson
 from starlette.types import Message, Receive
 
-from relais_gateway.adapters import AdapterTracker
-from relais_gateway.admission import Admission
-from relais_gateway.auth import Authenticator, Caller
-from relais_gateway.balancer import Balancer
-from relais_gateway.engines import ROUTES
+from relais_gateway.edge.metrics import Metrics
+from relais_gateway.edge.tracing import Tracing
 from relais_gateway.errors import (
     AdapterLoading,
     ClientClosedRequest,
@@ -34,14 +31,17 @@ from relais_gateway.errors import (
     NoReadyReplica,
     NotSupported,
 )
-from relais_gateway.metrics import Metrics
-from relais_gateway.registry import Backend, BackendSource, adapter_view
+from relais_gateway.forward.upstream import Payload, Reply, Upstream
+from relais_gateway.policy.admission import Admission
+from relais_gateway.policy.auth import Authenticator, Caller
+from relais_gateway.routing.adapters import AdapterTracker
+from relais_gateway.routing.balancer import Balancer
+from relais_gateway.routing.engines import ROUTES
+from relais_gateway.routing.registry import Backend, BackendSource, adapter_view
 from relais_gateway.settings import Settings
-from relais_gateway.tracing import Tracing
-from relais_gateway.upstream import Payload, Reply, Upstream
 
 T = TypeVar("T")
-log = logging.getLogger("relais_gateway.service")
+log = logging.getLogger("relais_gateway.forward.service")
 Json = dict[str, Any]
 FAILED = frozenset({"Failed", "Conflict"})
 """Adapter states (status.adapters) answered at once with their message when no replica holds

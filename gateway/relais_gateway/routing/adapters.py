@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from relais_gateway.registry import Backend, BackendSource
+from relais_gateway.routing.registry import Backend, BackendSource
 
-log = logging.getLogger("relais_gateway.adapters")
+log = logging.getLogger("relais_gateway.routing.adapters")
 
 POLLED_ENGINES = frozenset({"vllm"})
 """Engines whose adapters come and go at run time (the others load theirs at start)."""

@@ -12,9 +12,9 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
-from relais_gateway.auth import Caller
 from relais_gateway.errors import AuthenticationFailed, from_validation
-from relais_gateway.service import Gateway
+from relais_gateway.forward.service import Gateway
+from relais_gateway.policy.auth import Caller
 from relais_gateway.settings import Settings
 
 
@@ -33,7 +33,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def caller_of(request: Request, gateway: Gateway) -> Caller:
-    """The caller the edge authenticated before reading the body (see `edge.py`).
+    """The caller the edge authenticated before reading the body (see `middleware.py`).
 
     A plain call, not a dependency: the generation routes skip FastAPI's dependency solving,
     which costs more per request than the rest of the gateway hop.

@@ -29,9 +29,9 @@ import orjson
 from pydantic import ValidationError
 from relais_api import AdapterStatus, LLMDeploymentSpec, describe
 
-from relais_gateway.registry import Adapter, Backend, MemorySource
+from relais_gateway.routing.registry import Adapter, Backend, MemorySource
 
-log = logging.getLogger("relais_gateway.kubernetes")
+log = logging.getLogger("relais_gateway.routing.kubernetes")
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")

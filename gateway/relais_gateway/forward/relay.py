@@ -91,7 +91,7 @@ def token_count(value: Any) -> int:
 
 class LineSplitter(abc.ABC):
     """Splits network chunks into runs of complete lines, keeping the partial tail; each kind of
-    stream (the relays here, the translator in translate.py) handles those lines in `_complete`."""
+    stream (the relays here, the translators in dialects/) handles those lines in `_complete`."""
 
     def __init__(self, rename: Rewrite | None) -> None:
         self.rename = rename

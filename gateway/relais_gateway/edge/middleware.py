@@ -25,8 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relais_gateway.auth import Authenticator, FailureThrottle, presented_key
-from relais_gateway.cors import Cors
+from relais_gateway.edge.cors import Cors
+from relais_gateway.edge.logs import request_log
+from relais_gateway.edge.metrics import Metrics
+from relais_gateway.edge.tracing import Status, StatusCode, Tracing
 from relais_gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -34,11 +36,9 @@ from relais_gateway.errors import (
     RequestTimeout,
     render_error,
 )
-from relais_gateway.logs import request_log
-from relais_gateway.metrics import Metrics
-from relais_gateway.tracing import Status, StatusCode, Tracing
+from relais_gateway.policy.auth import Authenticator, FailureThrottle, presented_key
 
-log = logging.getLogger("relais_gateway.edge")
+log = logging.getLogger("relais_gateway.edge.middleware")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

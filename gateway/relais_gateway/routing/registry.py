@@ -19,12 +19,12 @@ from typing import Protocol
 import aiohttp
 from relais_api import RequestLimits, Routing, Task
 
-from relais_gateway.balancer import LEAST_LOAD
 from relais_gateway.config import StaticDeployment
-from relais_gateway.engines import ENGINES, Engine
+from relais_gateway.routing.balancer import LEAST_LOAD
+from relais_gateway.routing.engines import ENGINES, Engine
 
 NO_LIMITS = RequestLimits()
-log = logging.getLogger("relais_gateway.registry")
+log = logging.getLogger("relais_gateway.routing.registry")
 
 
 @dataclass(frozen=True, slots=True)

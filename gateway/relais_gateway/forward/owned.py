@@ -15,9 +15,9 @@ from typing import Any
 
 from relais_api import OLLAMA_RUNTIME_OPTIONS
 
-from relais_gateway.engines import EMBEDDINGS, TOKEN_FIELDS, Route
 from relais_gateway.errors import InvalidRequest
-from relais_gateway.registry import Backend
+from relais_gateway.routing.engines import EMBEDDINGS, TOKEN_FIELDS, Route
+from relais_gateway.routing.registry import Backend
 
 Json = dict[str, Any]
 

@@ -2,8 +2,9 @@
 
 Every engine serves OpenAI-compatible routes (Ollama's `/v1/...`, TGI's Messages API, vLLM's and
 llama.cpp's servers), so OpenAI clients are forwarded to all of them. Only Ollama also speaks
-Ollama's native API; Ollama clients in front of any other engine go through `translate.py`.
-What differs is small: which inference routes an engine serves, and TGI's `response_format`.
+Ollama's native API; Ollama clients in front of any other engine go through
+`dialects/translate_ollama.py`. What differs is small: which inference routes an engine serves,
+and TGI's `response_format`.
 
 `ROUTES` is the one list of what may reach an engine: inference, nothing else. Adapter loading,
 sleep and wake, cache resets, profiling and RPC are never forwarded, whatever the engine serves.

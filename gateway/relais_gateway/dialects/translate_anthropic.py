@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
+from relais_gateway.dialects.translate_ollama import reasoning
 from relais_gateway.errors import InvalidRequest, UpstreamError
-from relais_gateway.relay import ChunkReader, token_count
-from relais_gateway.translate import reasoning
+from relais_gateway.forward.relay import ChunkReader, token_count
 
 Json = dict[str, Any]
 

@@ -5,7 +5,7 @@ byte, stream idle), ejection of failing replicas and the retry: any failure befo
 byte could reach the client (connection refused or reset, an engine 502/503, a stream that drops
 before its first data) is retried on another replica, for streamed and whole answers alike.
 A replica that answers a LoRA adapter request with vLLM's 404 "does not exist" (it restarted, or
-unloaded the adapter) is marked as not holding it (`adapters.py`) and the request goes to
+unloaded the adapter) is marked as not holding it (`routing/adapters.py`) and the request goes to
 another replica the same way.
 Bytes are returned as the engine sent them; reading them is the callers' business.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from relais_gateway.adapters import AdapterTracker
-from relais_gateway.balancer import Affinity, Balancer
+from relais_gateway.edge.metrics import Metrics
+from relais_gateway.edge.tracing import Span, Tracing
 from relais_gateway.errors import (
     AdapterLoading,
     EngineRejected,
@@ -31,10 +31,10 @@ from relais_gateway.errors import (
     from_engine_status,
     upstream_errors,
 )
-from relais_gateway.metrics import Metrics
-from relais_gateway.registry import Backend
+from relais_gateway.routing.adapters import AdapterTracker
+from relais_gateway.routing.balancer import Affinity, Balancer
+from relais_gateway.routing.registry import Backend
 from relais_gateway.settings import Settings
-from relais_gateway.tracing import Span, Tracing
 
 MAX_ATTEMPTS = 3
 DRAIN_TIMEOUT_S = 1.0
