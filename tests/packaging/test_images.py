@@ -256,6 +256,10 @@ def test_operator_image_runs_the_adapter_agent_as_the_pod_does(
         env = {var["name"]: var["value"] for var in agent["env"] if "value" in var}
         env |= {"RELAIS_ENGINE_URL": fake.url, "RELAIS_AGENT_PORT": str(port)}
         env["RELAIS_AGENT_HOST"] = "127.0.0.1"
+        # In a pod both containers mount the cache at one path; here the engine runs on the host,
+        # so the container mounts the cache where the host has it.
+        assert env["RELAIS_CACHE_PATH"] == "/data"
+        env["RELAIS_CACHE_PATH"] = str(cache)
         flags = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
         name = f"relais-agent-test-{uuid.uuid4().hex[:8]}"
         run(
@@ -280,7 +284,7 @@ def test_operator_image_runs_the_adapter_agent_as_the_pod_does(
             with urllib.request.urlopen(f"{fake.url}/v1/models", timeout=5) as response:
                 cards = json.loads(response.read())["data"]
             loaded = {c["id"]: c["root"] for c in cards if c.get("parent")}
-            assert loaded == {"support-bot": f"{env['RELAIS_CACHE_PATH']}/adapters/support-bot"}
+            assert loaded == {"support-bot": str(folder)}
         finally:
             logs = run(docker, "logs", name, check=False)
             print(logs.stdout[-3000:], logs.stderr[-3000:])
