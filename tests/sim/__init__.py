@@ -13,7 +13,10 @@ simulation plays what a cluster adds around them (`kubelet.py`, decisions in `wo
 - kubelet: a pod gets a loopback IP (127.0.0.2, 127.0.0.3, ...; taken addresses are skipped),
   shows its fetch step running, and after `start_delay_s` runs a fake engine process
   (`tests.fakes`) on the engine's real port (container port `http`: Ollama 11434, TGI 8080);
-  the fake Ollama serves the model the fetch step pulled. Then the pod is Running/Ready.
+  the fake Ollama serves the model the fetch step pulled, the fake vLLM its
+  `--served-model-name` with the `--max-loras` slots of `--enable-lora`. Then the pod is
+  Running/Ready. A pod with an `adapter-agent` sidecar runs the real agent as a process too
+  (volumes on node directories, the ConfigMap synced; `cache_seed` fills new claims).
   A deleted pod (scale-down, GC, a test) stays terminating, as a draining pod does: its endpoint
   turns `ready: false, serving: true, terminating: true`, the process stops once its in-flight
   requests are done (after `drain_grace_s`, at most `drain_timeout_s`), then the pod goes.
@@ -40,7 +43,8 @@ Usage (pytest fixture `sim` in tests/sim/conftest.py gives the defaults)::
 
 SimCluster(start_delay_s=0.5, drain_grace_s=0.5, drain_timeout_s=30, tick_s=0.2,
 engine_switches=None, namespace="default", operator=True, timeout_s=60,
-engine_network="127.0.0", gateway_network="127.0.1"):
+engine_network="127.0.0", gateway_network="127.0.1", operator_env=None, gateway_env=None,
+cache_seed=None, agent_delay_s=0):
 - `url`, `kubeconfig`, `api` (`kube.Api`: list/get/create/merge_patch/delete/raw);
 - `apply(body)`, `get(name)`, `delete(name)`, `scale(name, n)` -> Scale, `get_scale(name)`,
   `endpoint_slice(name)`, `gateway_endpoints()`;

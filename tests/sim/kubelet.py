@@ -11,6 +11,12 @@ Pods, Services, StatefulSets and LLMDeployments (dependents before owners) and p
   pod stays terminating (its endpoint `ready: false, serving: true, terminating: true`) while
   its requests finish (in_flight 0, after a preStop-like `drain_grace_s`, at most
   `drain_timeout_s`); then the process stops and the pod goes;
+  a pod with an `adapter-agent` container (vLLM with `lora`) also runs the real agent
+  (`python -m relais_operator.adapter_agent`) as a process once the engine is up (after
+  `agent_delay_s`), with its container's environment, its volumes mapped to directories of this
+  node (claims under `workdir/claims`, seeded from `cache_seed`; emptyDirs and ConfigMaps under
+  `workdir/pods/<uid>`), the pod's address for localhost, and its ConfigMap rewritten there every
+  tick it changes, as the kubelet syncs ConfigMap volumes;
 - the EndpointSlice controller: one slice `<service>-sim` per Service with a selector.
 Decisions are the pure functions of `world.py`; this module does the I/O and runs processes.
 """
