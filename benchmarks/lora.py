@@ -44,6 +44,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.routing import percentile
 from tests.fakes.process import FakeEngine
 from tests.fakes.servers import gateway
 
@@ -123,11 +124,6 @@ class Run:
     @property
     def loads_per_1000(self) -> float:
         return 1000 * self.loads / len(self.outcomes) if self.outcomes else math.nan
-
-
-def percentile(values: list[float], q: float) -> float:
-    data = sorted(v for v in values if not math.isnan(v))
-    return data[min(len(data) - 1, int(q * len(data)))] if data else math.nan
 
 
 async def send(http: aiohttp.ClientSession, url: str, outcome: Outcome) -> None:

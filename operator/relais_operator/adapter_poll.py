@@ -11,7 +11,6 @@ clashes current: another resource's served name may have changed since.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -105,11 +104,3 @@ def start(
     settings: OperatorSettings, indexes: Mapping[str, Any], reports: Reports, publish: Publish
 ) -> asyncio.Task[None]:
     return asyncio.create_task(run(settings, indexes, reports, publish), name="adapter-poll")
-
-
-async def stop(task: asyncio.Task[None] | None) -> None:
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

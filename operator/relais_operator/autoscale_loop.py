@@ -254,11 +254,3 @@ def start(
     every = settings.autoscale_interval_s
     log.info("autoscaler on: gateway %s, every %gs", settings.gateway_service, every)
     return asyncio.create_task(autoscaler.run(), name="relais-autoscaler")
-
-
-async def stop(task: asyncio.Task[None] | None) -> None:
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -59,8 +59,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **indexes: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
-    await autoscale_loop.stop(memo.get("autoscaler"))
-    await adapter_poll.stop(memo.get("adapter_poll"))
+    for task in (memo.get("autoscaler"), memo.get("adapter_poll")):  # the background loops
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if memo.get("metrics") is not None:
         await memo.metrics.cleanup()
     kube: Kube | None = memo.get("kube")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import kmock
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -181,3 +182,18 @@ def gateway(
             deployment("llama", "tgi", TGI_MODEL, [tgi_engine.url]),
         ]
     )
+
+
+VERBS = {"get", "list", "watch", "create", "patch", "delete"}
+"""What the gateway's Kubernetes source needs of the API emulator's resources."""
+
+
+@pytest.fixture
+def k8s(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
+    """The API emulator serving LLMDeployments and EndpointSlices, as the gateway reads them."""
+    for key, kind in (
+        ("relais.dev/v1alpha1/llmdeployments", "LLMDeployment"),
+        ("discovery.k8s.io/v1/endpointslices", "EndpointSlice"),
+    ):
+        kmock.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=VERBS)
+    return kmock

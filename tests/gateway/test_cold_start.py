@@ -18,8 +18,8 @@ import pytest
 from relais_gateway.routing.kubernetes import KubeAccess, KubernetesSource
 
 from tests.fakes.process import FakeEngine
-from tests.gateway.conftest import GatewayFactory, GatewayServer
-from tests.gateway.test_kubernetes import LLMD, SLICES, VERBS, api, endpoint_slice, eventually, llmd
+from tests.gateway.conftest import VERBS, GatewayFactory, GatewayServer
+from tests.gateway.test_kubernetes import LLMD, SLICES, api, endpoint_slice, eventually, llmd
 
 AUTOSCALED: dict[str, Any] = {"replicas": 0, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}}
 CHAT: dict[str, Any] = {"model": "qwen:latest", "messages": [{"role": "user", "content": "hi"}]}

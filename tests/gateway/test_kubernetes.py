@@ -13,7 +13,6 @@ import aiohttp
 import httpx
 import kmock
 import openai
-import pytest
 from relais_gateway.routing.kubernetes import (
     KubeAccess,
     KubernetesSource,
@@ -27,7 +26,6 @@ from tests.gateway.conftest import GatewayFactory
 
 LLMD = "/apis/relais.dev/v1alpha1/namespaces/{ns}/llmdeployments"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
-VERBS = {"get", "list", "watch", "create", "patch", "delete"}
 
 
 def llmd(name: str, ns: str = "models", *, engine: str = "ollama", **spec: Any) -> dict[str, Any]:
@@ -87,16 +85,6 @@ def test_build_backends_names_and_limits() -> None:
     assert backends["alpha"].max_tokens == 99
     assert backends["alpha"].name == "a"
     assert backends["beta-effective"].replicas == ()
-
-
-@pytest.fixture
-def k8s(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
-    for key, kind in (
-        ("relais.dev/v1alpha1/llmdeployments", "LLMDeployment"),
-        ("discovery.k8s.io/v1/endpointslices", "EndpointSlice"),
-    ):
-        kmock.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=VERBS)
-    return kmock
 
 
 async def api(k8s: kmock.KubernetesEmulator, method: str, path: str, body: Any = None) -> None:

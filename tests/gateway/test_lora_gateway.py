@@ -30,7 +30,6 @@ from tests.gateway.conftest import GatewayFactory, GatewayServer
 from tests.gateway.test_kubernetes import (
     LLMD,
     SLICES,
-    VERBS,
     api,
     endpoint_slice,
     eventually,
@@ -399,17 +398,6 @@ def test_metrics_name_the_adapter_and_nothing_a_client_invents(
 
 
 # ---------------------------------------------------------------- from LLMDeployments
-
-
-@pytest.fixture
-def k8s(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
-    """The API emulator serving LLMDeployments and EndpointSlices (as in test_kubernetes.py)."""
-    for key, kind in (
-        ("relais.dev/v1alpha1/llmdeployments", "LLMDeployment"),
-        ("discovery.k8s.io/v1/endpointslices", "EndpointSlice"),
-    ):
-        kmock.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=VERBS)
-    return kmock
 
 
 async def test_adapters_come_from_llmdeployments(

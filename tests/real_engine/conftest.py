@@ -8,7 +8,6 @@ which installs it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,11 +24,7 @@ LORA_ADAPTER = "tiny-lora"  # declared on the chat deployment of the session's g
 @pytest.fixture(scope="session")
 def vllm_servers() -> Iterator[dict[str, vllm.VllmServer]]:
     """The chat (Gemma) and the embedding (MiniLM) vLLM servers, by served model name."""
-    reason = vllm.missing()
-    if reason is not None and os.environ.get("RELAIS_REQUIRE_REAL_MODEL") == "1":
-        pytest.fail(f"RELAIS_REQUIRE_REAL_MODEL=1 but {reason}")
-    if reason is not None:
-        pytest.skip(reason)
+    vllm.require()
     with vllm.running(vllm.CHAT_SPEC, vllm.EMBED_SPEC) as (chat, embed):
         yield {
             vllm.CHAT_SPEC["servedModelName"]: chat,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from relais_api import LLMDeploymentSpec
 from relais_operator.engines import ENGINES
 
@@ -85,6 +86,16 @@ def missing() -> str | None:
         if not (HF_CACHE / f"models--{spec['model'].replace('/', '--')}").exists():
             return f"{spec['model']} is not in {HF_CACHE} (run hack/install-vllm.sh)"
     return None
+
+
+def require() -> None:
+    """Skip with the reason real vLLM cannot run here, or fail when the run requires it
+    (`RELAIS_REQUIRE_REAL_MODEL=1`, as `make test` sets)."""
+    reason = missing()
+    if reason is not None and os.environ.get("RELAIS_REQUIRE_REAL_MODEL") == "1":
+        pytest.fail(f"RELAIS_REQUIRE_REAL_MODEL=1 but {reason}")
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def command(spec: LLMDeploymentSpec, port: int) -> list[str]:
